@@ -1,0 +1,155 @@
+"""HDF5 backend (h5py): one local file, one writer at a time.
+
+Attributes are stored as JSON strings, markers as small string datasets under
+``/_partitions``. The file handle is reopened after a fork, because h5py handles
+must never be shared between DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import CacheNotFoundError, CorruptCacheError, CacheError
+from .store import STR_DTYPE, ArrayMeta, Store
+
+MARKER_GROUP = "_partitions"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _filter_kwargs(compressor: str) -> dict[str, Any]:
+    if compressor == "none":
+        return {}
+    try:
+        import hdf5plugin  # noqa: F401  (registers the LZ4 filter with HDF5)
+    except ImportError as exc:
+        raise CacheError("lz4 in HDF5 needs the hdf5plugin package (pip install hdf5plugin); "
+                         "or use compressor='none'") from exc
+    return dict(hdf5plugin.LZ4())
+
+
+class HDF5Store(Store):
+    backend = "hdf5"
+
+    def __init__(self, path: str, *, read_only: bool = True, create: bool = False,
+                 overwrite: bool = False) -> None:
+        super().__init__(str(path), read_only=read_only)
+        if create:
+            if os.path.exists(self.path) and not overwrite:
+                raise FileExistsError(f"{self.path}: a store already exists here (pass overwrite to replace it)")
+            self._mode = "w"
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        else:
+            if not os.path.isfile(self.path):
+                raise CacheNotFoundError(f"{self.path}: no such HDF5 file")
+            self._mode = "r" if read_only else "r+"
+        self._file: h5py.File | None = None
+        self._pid = -1
+        self._open()
+        if create:
+            self._mode = "r+"
+
+    def _open(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, self._mode)
+            except OSError as exc:
+                with open(self.path, "rb") as fh:
+                    is_hdf5 = fh.read(8) == HDF5_SIGNATURE
+                what = "is truncated or corrupt" if is_hdf5 else "is not an HDF5 file"
+                raise CorruptCacheError(f"{self.path}: {what} ({exc})") from exc
+            self._pid = os.getpid()
+        return self._file
+
+    @property
+    def file(self) -> h5py.File:
+        return self._open()
+
+    def get_attrs(self, node: str) -> dict[str, Any]:
+        obj = self.file[node] if node else self.file
+        return {k: json.loads(v) for k, v in obj.attrs.items()}
+
+    def _set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
+        if not node:
+            obj = self.file
+        elif node in self.file:
+            obj = self.file[node]
+        else:
+            obj = self.file.create_group(node)
+        obj.attrs.clear()
+        for key, value in attrs.items():
+            obj.attrs[key] = json.dumps(value, sort_keys=True)
+
+    def _create_array(self, node, shape, dtype, chunk_rows, compressor) -> None:
+        chunks = (max(1, min(chunk_rows, shape[0] or 1)), *shape[1:])
+        h5dtype = h5py.string_dtype("utf-8") if dtype == STR_DTYPE else np.dtype(dtype)
+        if node in self.file:  # left by a creation that was cut off
+            del self.file[node]
+        ds = self.file.create_dataset(node, shape=shape, dtype=h5dtype, chunks=chunks,
+                                      **_filter_kwargs(compressor))
+        ds.attrs["_featcache_compressor"] = json.dumps(compressor)
+        ds.attrs["_featcache_chunk_rows"] = json.dumps(chunk_rows)
+
+    def array_meta(self, node: str) -> ArrayMeta:
+        ds = self.file[node]
+        if not isinstance(ds, h5py.Dataset):
+            raise KeyError(node)
+        is_str = h5py.check_string_dtype(ds.dtype) is not None
+        chunk_rows = json.loads(ds.attrs.get("_featcache_chunk_rows", "0")) or ds.chunks[0]
+        return ArrayMeta(tuple(ds.shape), STR_DTYPE if is_str else ds.dtype.name, int(chunk_rows),
+                         json.loads(ds.attrs.get("_featcache_compressor", '"none"')))
+
+    def read(self, node: str, start: int, stop: int) -> np.ndarray:
+        ds = self.file[node]
+        try:
+            if h5py.check_string_dtype(ds.dtype) is not None:
+                return np.asarray(ds.asstr()[start:stop], dtype=object)
+            return ds[start:stop]
+        except OSError as exc:
+            raise CorruptCacheError(f"{self.path}: {node} rows {start}:{stop} do not decode ({exc})") from exc
+
+    def _write(self, node: str, start: int, values: np.ndarray) -> None:
+        self.file[node][start:start + len(values)] = values
+        self.file.flush()
+
+    def children(self, node: str) -> list[str]:
+        obj = self.file[node] if node else self.file
+        return sorted(k for k in obj.keys() if k != MARKER_GROUP)
+
+    def _put_marker(self, key: str, doc: dict[str, Any]) -> None:
+        group = self.file.require_group(MARKER_GROUP)
+        if key in group:
+            del group[key]
+        group.create_dataset(key, data=json.dumps(doc, sort_keys=True), dtype=h5py.string_dtype())
+        self.file.flush()
+
+    def _delete_marker(self, key: str) -> None:
+        group = self.file.get(MARKER_GROUP)
+        if group is not None and key in group:
+            del group[key]
+            self.file.flush()
+
+    def markers(self) -> dict[str, dict[str, Any]]:
+        group = self.file.get(MARKER_GROUP)
+        out: dict[str, dict[str, Any]] = {}
+        if group is None:
+            return out
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = json.loads(obj[()])
+
+        group.visititems(visit)
+        return out
+
+    def size_on_disk(self) -> int:
+        return os.path.getsize(self.path)
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None

@@ -1,0 +1,389 @@
+"""The featcache store schema on top of any backend.
+
+Layout (one store = one dataset split)::
+
+    /                          attrs["featcache"]: format version, rows, views, view param
+                               names, partition rows, dataset fingerprint, split, source,
+                               created_by, created_at
+    /index/sample_id  (N,)     str     stable id of each row
+    /index/label      (N,)     int64   -1 where unlabeled
+    /index/valid      (N,)     bool    False where the input could not be decoded
+    /views/params     (N,K,P)  float32 augmentation parameters (only when P > 0)
+    /teachers/<name>           attrs["featcache_teacher"]: dim, dtype, fingerprint, spec
+    /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
+    done markers "<part>/<partition>" with row range, count, checksum, NaN/inf counts
+
+A partition is a chunk-aligned row range of ``partition_rows`` rows. Its data is
+written first, its marker last; completeness is derived from the markers only, so
+a partition cut off half-way never counts as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import provenance
+from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
+from .fingerprint import array_checksum, dataset_fingerprint, fingerprint
+from .locate import open_backend
+from .store import STR_DTYPE, Store
+
+FORMAT_VERSION = 1
+ROOT_KEY = "featcache"
+TEACHER_KEY = "featcache_teacher"
+INDEX_PART = "_index"
+DEFAULT_PARTITION_ROWS = 4096
+TARGET_CHUNK_BYTES = 4 << 20  # chunks land between 2 and 8 MiB: see DESIGN.md
+FEATURE_DTYPES = ("float16", "float32")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def chunk_rows_for(row_bytes: int, partition_rows: int) -> int:
+    """Power-of-two row count whose chunk is nearest 4 MiB, never more than a partition."""
+    if row_bytes <= 0:
+        return partition_rows
+    rows = 2 ** max(0, round(math.log2(TARGET_CHUNK_BYTES / row_bytes)))
+    return int(min(rows, partition_rows))
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' (not starting with '_')")
+    return name
+
+
+def _index_checksum(valid: np.ndarray, params: np.ndarray | None) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(valid, dtype=bool).tobytes())
+    if params is not None:
+        h.update(np.ascontiguousarray(params, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """A featcache store: create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        try:
+            root = store.get_attrs("")
+        except KeyError:
+            root = {}
+        meta = root.get(ROOT_KEY)
+        if not isinstance(meta, dict):
+            raise CacheNotFoundError(f"{store.path}: not a featcache store (no '{ROOT_KEY}' attributes)")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{store.path}: store format version {version} is newer than this featcache reads "
+                f"({FORMAT_VERSION}); upgrade featcache")
+        self.meta: dict[str, Any] = meta
+        self._index_cache: dict[str, np.ndarray] = {}
+        self._teachers: list[str] | None = None
+
+    # -- opening and creating --------------------------------------------------------
+    @classmethod
+    def open(cls, target: str | os.PathLike | Store, *, mode: str = "r", backend: str | None = None,
+             storage_options: dict[str, Any] | None = None) -> "FeatureCache":
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if isinstance(target, Store):
+            return cls(target)
+        store = open_backend(os.fspath(target), read_only=(mode == "r"), backend=backend,
+                             storage_options=storage_options)
+        try:
+            return cls(store)
+        except Exception:
+            store.close()
+            raise
+
+    @classmethod
+    def create(cls, target: str | os.PathLike | Store, *, sample_ids: Sequence[str], labels: Sequence[int] | None = None,
+               views: int = 1, view_param_names: Sequence[str] = (), partition_rows: int = DEFAULT_PARTITION_ROWS,
+               split: str | None = None, source: Mapping[str, Any] | None = None, backend: str | None = None,
+               overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> "FeatureCache":
+        """A new, empty store for these rows. Root attributes are written last, so a crash
+        during creation leaves something that does not open as a featcache store."""
+        ids = np.asarray([str(s) for s in sample_ids], dtype=object)
+        n = len(ids)
+        labels_arr = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        if labels_arr.shape != (n,):
+            raise ValueError(f"{n} sample ids but {labels_arr.shape[0]} labels")
+        if len(set(ids.tolist())) != n:
+            raise ValueError("sample ids must be unique")
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        if partition_rows < 1 or partition_rows & (partition_rows - 1):
+            raise ValueError(f"partition_rows must be a power of two, got {partition_rows}")
+        if isinstance(target, Store):
+            store = target
+        else:
+            store = open_backend(os.fspath(target), read_only=False, create=True, overwrite=overwrite,
+                                 backend=backend, storage_options=storage_options)
+        store.create_array("index/sample_id", (n,), STR_DTYPE, partition_rows)
+        store.create_array("index/label", (n,), "int64", partition_rows)
+        store.create_array("index/valid", (n,), "bool", partition_rows)
+        if n:
+            store.write("index/sample_id", 0, ids)
+            store.write("index/label", 0, labels_arr)
+        names = [str(p) for p in view_param_names]
+        if names:
+            store.create_array("views/params", (n, views, len(names)), "float32", partition_rows)
+        meta = {
+            "format_version": FORMAT_VERSION, "rows": n, "views": views, "view_params": names,
+            "partition_rows": partition_rows, "dataset_fingerprint": dataset_fingerprint(ids, labels_arr),
+            "split": split, "source": dict(source or {}), "created_by": provenance.created_by(),
+            "created_at": provenance.utc_now(),
+        }
+        store.set_attrs("", {ROOT_KEY: meta})
+        return cls(store)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shape of the store ---------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    @property
+    def backend(self) -> str:
+        return self.store.backend
+
+    @property
+    def rows(self) -> int:
+        return int(self.meta["rows"])
+
+    @property
+    def views(self) -> int:
+        return int(self.meta["views"])
+
+    @property
+    def view_param_names(self) -> list[str]:
+        return list(self.meta.get("view_params", []))
+
+    @property
+    def partition_rows(self) -> int:
+        return int(self.meta["partition_rows"])
+
+    @property
+    def num_partitions(self) -> int:
+        return -(-self.rows // self.partition_rows)
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return str(self.meta["dataset_fingerprint"])
+
+    @property
+    def split(self) -> str | None:
+        return self.meta.get("split")
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return dict(self.meta.get("source") or {})
+
+    def partition_range(self, p: int) -> tuple[int, int]:
+        if not 0 <= p < self.num_partitions:
+            raise IndexError(f"{self.path}: partition {p} out of range 0..{self.num_partitions - 1}")
+        start = p * self.partition_rows
+        return start, min(start + self.partition_rows, self.rows)
+
+    # -- teachers -------------------------------------------------------------------
+    @property
+    def teachers(self) -> list[str]:
+        """Teachers whose array and description are both written (add_teacher writes them in that order)."""
+        if self._teachers is None:
+            names = self.store.children("teachers") if "teachers" in self.store.children("") else []
+            self._teachers = [n for n in names if TEACHER_KEY in self.store.get_attrs(f"teachers/{n}")]
+        return list(self._teachers)
+
+    def teacher_info(self, name: str) -> dict[str, Any]:
+        if name not in self.teachers:
+            raise KeyError(f"{self.path}: no teacher {name!r} (has: {', '.join(self.teachers) or 'none'})")
+        info = dict(self.store.get_attrs(f"teachers/{name}")[TEACHER_KEY])
+        meta = self.store.array_meta(f"teachers/{name}/features")
+        info.update(shape=list(meta.shape), chunk_rows=meta.chunk_rows, compressor=meta.compressor)
+        return info
+
+    def add_teacher(self, name: str, dim: int, spec: Mapping[str, Any], *, dtype: str = "float16",
+                    compressor: str = "none", teacher_fingerprint: str | None = None) -> str:
+        """Add an empty feature array; re-adding the same teacher is a no-op, a different one refuses."""
+        _check_name(name)
+        if dtype not in FEATURE_DTYPES:
+            raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
+        fp = teacher_fingerprint or fingerprint({**spec, "dim": int(dim), "dtype": dtype})
+        if name in self.teachers:
+            have = self.teacher_info(name)
+            if have["fingerprint"] != fp or have["dim"] != dim or have["dtype"] != dtype:
+                raise FingerprintMismatch(
+                    f"{self.path}: teacher {name!r} already holds features of fingerprint "
+                    f"{have['fingerprint'][:12]} (dim {have['dim']}, {have['dtype']}); this run has "
+                    f"{fp[:12]} (dim {dim}, {dtype}); use another name or another store")
+            return fp
+        shape = (self.rows, self.views, dim) if self.views > 1 else (self.rows, dim)
+        row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        chunk_rows = chunk_rows_for(row_bytes, self.partition_rows)
+        self.store.create_array(f"teachers/{name}/features", shape, dtype, chunk_rows, compressor)
+        doc = {"dim": int(dim), "dtype": dtype, "fingerprint": fp, "spec": dict(spec),
+               "added_at": provenance.utc_now(), "added_by": provenance.created_by()}
+        self.store.set_attrs(f"teachers/{name}", {TEACHER_KEY: doc})
+        self._teachers = None
+        return fp
+
+    # -- writing partitions ---------------------------------------------------------
+    def write_partition(self, p: int, *, features: Mapping[str, np.ndarray] | None = None,
+                        valid: np.ndarray | None = None, view_params: np.ndarray | None = None) -> None:
+        """Write one partition's rows, then one done marker per part written.
+
+        ``valid`` (and ``view_params`` when the store records them) make up the index part;
+        each entry of ``features`` is one teacher's rows.
+        """
+        start, stop = self.partition_range(p)
+        n = stop - start
+        features = dict(features or {})
+        has_params = bool(self.view_param_names)
+        if (view_params is not None) and valid is None:
+            raise ValueError("view_params are written with valid (the index part)")
+        if valid is not None and has_params and view_params is None:
+            raise ValueError("this store records view parameters: pass view_params with valid")
+        parts = ([INDEX_PART] if valid is not None else []) + list(features)
+        markers: dict[str, dict[str, Any]] = {}
+        for part in parts:  # a rewritten partition stops counting as done before any byte changes
+            self.store.delete_marker(f"{part}/{p:06d}")
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            self._expect_shape("valid", valid, (n,))
+            self.store.write("index/valid", start, valid)
+            if has_params:
+                view_params = np.asarray(view_params, dtype=np.float32)
+                self._expect_shape("view_params", view_params, (n, self.views, len(self.view_param_names)))
+                self.store.write("views/params", start, view_params)
+            markers[INDEX_PART] = {"checksum": _index_checksum(valid, view_params if has_params else None),
+                                   "invalid": int(n - valid.sum())}
+        for name, values in features.items():
+            info = self.teacher_info(name)
+            values = np.asarray(values).astype(info["dtype"], copy=False)
+            self._expect_shape(f"features[{name!r}]", values, (n, *info["shape"][1:]))
+            self.store.write(f"teachers/{name}/features", start, values)
+            markers[name] = {"checksum": array_checksum(values), **_nonfinite(values)}
+        for part, doc in markers.items():
+            self.store.put_marker(f"{part}/{p:06d}", {"part": part, "partition": p, "start": start,
+                                                      "stop": stop, "rows": n, **doc})
+
+    def _expect_shape(self, what: str, values: np.ndarray, shape: tuple[int, ...]) -> None:
+        if tuple(values.shape) != tuple(shape):
+            raise ValueError(f"{self.path}: {what} has shape {tuple(values.shape)}, expected {tuple(shape)}")
+
+    # -- completeness ---------------------------------------------------------------
+    def done_partitions(self) -> dict[str, set[int]]:
+        """For the index and each teacher, the partitions whose done marker exists."""
+        done: dict[str, set[int]] = {part: set() for part in [INDEX_PART, *self.teachers]}
+        for key, doc in self.store.markers().items():
+            part = key.rsplit("/", 1)[0]
+            if part in done:
+                done[part].add(int(doc["partition"]))
+        return done
+
+    def missing_partitions(self) -> dict[str, list[int]]:
+        every = set(range(self.num_partitions))
+        return {part: sorted(every - got) for part, got in self.done_partitions().items() if every - got}
+
+    @property
+    def is_complete(self) -> bool:
+        return not self.missing_partitions()
+
+    # -- reading --------------------------------------------------------------------
+    def _index(self, node: str) -> np.ndarray:
+        if node not in self._index_cache:
+            self._index_cache[node] = self.store.read(node, 0, self.rows)
+        return self._index_cache[node]
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self._index("index/sample_id")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._index("index/label")
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self._index("index/valid")
+
+    @property
+    def view_params(self) -> np.ndarray:
+        if not self.view_param_names:
+            return np.zeros((self.rows, self.views, 0), np.float32)
+        return self._index("views/params")
+
+    def _features_node(self, teacher: str) -> str:
+        if teacher not in self.teachers:
+            raise KeyError(f"{self.path}: no teacher {teacher!r} (has: {', '.join(self.teachers) or 'none'})")
+        return f"teachers/{teacher}/features"
+
+    def chunk_rows(self, teacher: str) -> int:
+        return self.store.array_meta(self._features_node(teacher)).chunk_rows
+
+    def read(self, teacher: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of a teacher: the fast path when aligned to chunks."""
+        return self.store.read(self._features_node(teacher), start, stop)
+
+    def take(self, teacher: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows in the order given (repeats allowed), read chunk by chunk, never row by row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
+            raise IndexError(f"{self.path}: row ids must be in 0..{self.rows - 1}")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self.store.take(self._features_node(teacher), uniq)[inverse]
+
+    def load(self, teacher: str) -> np.ndarray:
+        """A teacher's full matrix in memory, filled chunk range by chunk range."""
+        node = self._features_node(teacher)
+        meta = self.store.array_meta(node)
+        out = np.empty(meta.shape, dtype=meta.dtype)
+        for p in range(self.num_partitions):
+            start, stop = self.partition_range(p)
+            out[start:stop] = self.store.read(node, start, stop)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Everything `featcache-cache info` prints, as plain values."""
+        done = self.done_partitions()
+        teachers = {}
+        for name in self.teachers:
+            t = self.teacher_info(name)
+            teachers[name] = {**t, "partitions_done": len(done[name])}
+        return {
+            "path": self.path, "backend": self.backend, "format_version": self.meta["format_version"],
+            "rows": self.rows, "views": self.views, "view_params": self.view_param_names,
+            "partition_rows": self.partition_rows, "partitions": self.num_partitions,
+            "index_partitions_done": len(done[INDEX_PART]), "complete": all(
+                len(d) == self.num_partitions for d in done.values()),
+            "split": self.split, "source": self.source, "dataset_fingerprint": self.dataset_fingerprint,
+            "created_by": self.meta.get("created_by"), "created_at": self.meta.get("created_at"),
+            "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
+        }
+
+
+def _nonfinite(values: np.ndarray) -> dict[str, int]:
+    return {"nan": int(np.isnan(values).sum()), "inf": int(np.isinf(values).sum())}
+
+
+def require_complete(cache: FeatureCache) -> None:
+    """Refuse a store that is still being written (or was cut off)."""
+    missing = cache.missing_partitions()
+    if missing:
+        what = ", ".join(f"{part}: {len(ps)} of {cache.num_partitions}" for part, ps in missing.items())
+        raise CacheError(f"{cache.path}: store is incomplete (partitions missing for {what}); "
+                         "finish the extraction first")

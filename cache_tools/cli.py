@@ -1,0 +1,146 @@
+"""featcache-cache: inspect, verify, convert and list feature stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from .cache import FeatureCache
+from .cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, human_bytes, run_cli
+from .convert import convert
+from .errors import CacheError
+from .locate import find_stores
+from .verify import verify
+
+PROG = "featcache-cache"
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    params = f" (params: {', '.join(info['view_params'])})" if info["view_params"] else ""
+    made = info.get("created_by") or {}
+    rows = [
+        ("path", info["path"]),
+        ("backend", f"{info['backend']} (format {info['format_version']})"),
+        ("rows", f"{info['rows']}  views {info['views']}{params}"),
+        ("partitions", f"{info['partitions']} x {info['partition_rows']} rows; "
+                       f"index {info['index_partitions_done']}/{info['partitions']} done"),
+        ("complete", "yes" if info["complete"] else "NO"),
+        ("size", human_bytes(info["size_on_disk"])),
+        ("split", info["split"] or "-"),
+        ("dataset", info["dataset_fingerprint"]),
+        ("created", f"featcache {made.get('version')} git {made.get('git') or '-'} at {info['created_at']}"),
+    ]
+    if info["source"]:
+        rows.append(("source", json.dumps(info["source"], sort_keys=True)))
+    for key, value in rows:
+        print(f"{key:<11} {value}")
+    print(f"teachers    {len(info['teachers'])}")
+    for name, t in info["teachers"].items():
+        shape = "x".join(str(s) for s in t["shape"])
+        print(f"  {name}: {shape} {t['dtype']}, chunks of {t['chunk_rows']} rows, {t['compressor']}, "
+              f"{t['partitions_done']}/{info['partitions']} done, fingerprint {t['fingerprint'][:16]}")
+        print(f"    spec {json.dumps(t['spec'], sort_keys=True)}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with FeatureCache.open(args.store) as cache:
+        info = cache.info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with FeatureCache.open(args.store) as cache:
+        report = verify(cache)
+        for part, counts in sorted(report.nonfinite.items()):
+            print(f"{part}: {counts['nan']} NaN, {counts['inf']} inf")
+    for problem in report.problems:
+        print(f"BAD {problem}")
+    verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"{report.path}: {report.partitions_checked} partitions checked, {verdict}")
+    return EXIT_OK if report.ok else EXIT_DATA
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    bar = tqdm(desc="convert", unit="partition", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    with convert(args.src, args.dst, backend=args.backend, compressor=args.compressor,
+                 overwrite=args.overwrite, progress=progress) as dst:
+        bar.close()
+        print(f"{args.src} -> {dst.path} ({dst.backend}, {human_bytes(dst.store.size_on_disk())}): "
+              "values and metadata verified equal")
+    return EXIT_OK
+
+
+def _ls_line(path: str) -> tuple[str, bool]:
+    try:
+        with FeatureCache.open(path) as cache:
+            done = cache.done_partitions()
+            complete = all(len(d) == cache.num_partitions for d in done.values())
+            teachers = ",".join(cache.teachers) or "-"
+            return (f"{path}\t{cache.backend}\t{cache.rows} rows\t{teachers}\t"
+                    f"{human_bytes(cache.store.size_on_disk())}\t{'complete' if complete else 'INCOMPLETE'}"), True
+    except (CacheError, OSError, ValueError) as exc:
+        return f"{path}\tunreadable: {exc}", False
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.dir):
+        raise NotADirectoryError(f"{args.dir}: not a directory")
+    all_ok, found = True, 0
+    for path in find_stores(args.dir):
+        line, ok = _ls_line(path)
+        if not ok and "not a featcache store" in line:
+            continue  # another tool's Zarr or HDF5 data
+        print(line)
+        found += 1
+        all_ok &= ok
+    if not found:
+        print(f"no featcache stores under {args.dir}", file=sys.stderr)
+    return EXIT_OK if all_ok else EXIT_DATA
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Inspect, verify, convert and list featcache stores.")
+    add_debug_flag(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="rows, views, teachers, completeness, size")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("verify", help="recompute every checksum; exit 1 naming each bad partition")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("convert", help="copy a store to another backend, verified equal")
+    p.add_argument("src")
+    p.add_argument("dst", help="destination (.h5/.hdf5 means HDF5, otherwise Zarr)")
+    p.add_argument("--backend", choices=["zarr", "hdf5"], help="override the backend chosen from DST")
+    p.add_argument("--compressor", choices=["none", "lz4"], help="default: the source's")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("ls", help="one line per store found under DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_ls)
+    for action in sub.choices.values():
+        add_debug_flag(action, default=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(PROG, build_parser(), lambda args: args.func(args), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

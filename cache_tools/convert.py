@@ -1,0 +1,105 @@
+"""Copy a store to another backend (Zarr <-> HDF5) and prove the copy equal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Callable
+
+import numpy as np
+
+from .cache import INDEX_PART, ROOT_KEY, TEACHER_KEY, FeatureCache
+from .errors import CacheError
+from .locate import detect_backend
+
+Progress = Callable[[int, int], None]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind == "f":
+        return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | None) -> None:
+    done = src.done_partitions()
+    total = src.num_partitions
+    for p in range(total):
+        start, stop = src.partition_range(p)
+        index = {}
+        if p in done[INDEX_PART]:
+            index["valid"] = src.store.read("index/valid", start, stop)
+            if src.view_param_names:
+                index["view_params"] = src.store.read("views/params", start, stop)
+        feats = {t: src.read(t, start, stop) for t in src.teachers if p in done[t]}
+        dst.write_partition(p, features=feats, **index)
+        for name, values in feats.items():
+            if not _same(values, dst.read(name, start, stop)):
+                raise CacheError(f"{dst.path}: {name} rows {start}:{stop} differ from the source after copy")
+        if progress:
+            progress(p + 1, total)
+
+
+def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
+    if src.meta != dst.meta:
+        raise CacheError(f"{dst.path}: root metadata differs from {src.path} after copy")
+    for node in ("index/sample_id", "index/label", "index/valid"):
+        if not _same(src.store.read(node, 0, src.rows), dst.store.read(node, 0, dst.rows)):
+            raise CacheError(f"{dst.path}: {node} differs from {src.path} after copy")
+    for name in src.teachers:
+        a, b = src.teacher_info(name), dst.teacher_info(name)
+        if {k: a[k] for k in ("fingerprint", "spec", "dim", "dtype", "shape")} != \
+           {k: b[k] for k in ("fingerprint", "spec", "dim", "dtype", "shape")}:
+            raise CacheError(f"{dst.path}: teacher {name!r} metadata differs from {src.path} after copy")
+    src_m = {k: v["checksum"] for k, v in src.store.markers().items()}
+    dst_m = {k: v["checksum"] for k, v in dst.store.markers().items()}
+    if src_m != dst_m:
+        raise CacheError(f"{dst.path}: partition checksums differ from {src.path} after copy")
+
+
+def convert(src_path: str, dst_path: str, *, backend: str | None = None, compressor: str | None = None,
+            overwrite: bool = False, progress: Progress | None = None) -> FeatureCache:
+    """Write ``src`` into a new store at ``dst`` and check values and metadata match.
+
+    Local destinations are built under a temporary name and renamed into place, so a
+    cut-off conversion never leaves something at ``dst``.
+    """
+    backend = backend or detect_backend(dst_path)
+    is_local = "://" not in dst_path
+    if is_local and os.path.exists(dst_path) and not overwrite:
+        raise FileExistsError(f"{dst_path}: already exists (pass --overwrite to replace it)")
+    build_path = f"{dst_path}.partial-{uuid.uuid4().hex[:8]}" if is_local else dst_path
+    with FeatureCache.open(src_path) as src:
+        dst = FeatureCache.create(build_path, sample_ids=src.sample_ids, labels=src.labels, views=src.views,
+                                  view_param_names=src.view_param_names, partition_rows=src.partition_rows,
+                                  split=src.split, source=src.source, backend=backend, overwrite=not is_local)
+        try:
+            dst.store.set_attrs("", {ROOT_KEY: src.meta})
+            for name in src.teachers:
+                info = src.teacher_info(name)
+                dst.add_teacher(name, info["dim"], info["spec"], dtype=info["dtype"],
+                                compressor=compressor or info["compressor"],
+                                teacher_fingerprint=info["fingerprint"])
+                dst.store.set_attrs(f"teachers/{name}", src.store.get_attrs(f"teachers/{name}"))
+            dst = FeatureCache(dst.store)  # re-read the copied root metadata
+            _copy_partitions(src, dst, progress)
+            _check_equal(src, dst)
+        except BaseException:
+            dst.close()
+            if is_local:
+                _remove(build_path)
+            raise
+        dst.close()
+    if is_local:
+        if os.path.exists(dst_path):
+            _remove(dst_path)
+        os.replace(build_path, dst_path)
+    return FeatureCache.open(dst_path, backend=backend)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)

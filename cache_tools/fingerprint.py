@@ -1,0 +1,62 @@
+"""Stable keys for datasets and teachers.
+
+A fingerprint is the SHA-256 of the sorted JSON of plain values, so the same
+inputs give the same key on any machine and any Python version.
+
+Left out on purpose (they do not change the features): batch size, device,
+number of workers, autocast on/off, progress settings, output path. Parameters
+equal to their default are dropped before hashing (pass ``defaults``), so adding
+a new option with a default keeps old caches valid. Change ``KEY_VERSION`` only
+when the meaning of the hashed values changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+KEY_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Refuse anything that is not JSON-plain: silent str() fallbacks cause silent misses."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot fingerprint a value of type {type(value).__name__}: {value!r}")
+
+
+def fingerprint(values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
+    """Hash a dict of plain values; keys whose value equals ``defaults[key]`` are dropped."""
+    defaults = defaults or {}
+    kept = {k: v for k, v in values.items() if not (k in defaults and defaults[k] == v)}
+    text = json.dumps({"key_version": KEY_VERSION, **_plain(kept)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataset_fingerprint(sample_ids: Iterable[str], labels: np.ndarray) -> str:
+    """Hash of the ordered sample ids and labels: the identity of a dataset split."""
+    h = hashlib.sha256(b"featcache-dataset-v1\0")
+    count = 0
+    for sid in sample_ids:
+        h.update(str(sid).encode("utf-8"))
+        h.update(b"\0")
+        count += 1
+    labels = np.ascontiguousarray(np.asarray(labels, dtype="<i8"))
+    if labels.shape != (count,):
+        raise ValueError(f"{count} sample ids but labels have shape {labels.shape}")
+    h.update(labels.tobytes())
+    return h.hexdigest()
+
+
+def array_checksum(values: np.ndarray) -> str:
+    """Checksum of an array's bytes exactly as stored (C order, stored dtype)."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()

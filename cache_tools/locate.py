@@ -1,0 +1,66 @@
+"""Find stores and open the right backend for a path."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+from ._hdf5 import HDF5_SIGNATURE, HDF5Store
+from ._zarr import ZarrStore
+from .errors import CacheNotFoundError
+from .store import Store
+
+BACKENDS = ("zarr", "hdf5")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def detect_backend(path: str) -> str:
+    """The backend of an existing store, or the default for a new path (HDF5 by suffix)."""
+    path = str(path)
+    if not _is_url(path) and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(8) == HDF5_SIGNATURE:
+                return "hdf5"
+        if path.endswith(HDF5_SUFFIXES):
+            return "hdf5"
+        raise CacheNotFoundError(f"{path}: not a featcache store (a file that is not HDF5)")
+    if not _is_url(path) and path.endswith(HDF5_SUFFIXES) and not os.path.isdir(path):
+        return "hdf5"
+    return "zarr"
+
+
+def open_backend(path: str, *, read_only: bool = True, create: bool = False, overwrite: bool = False,
+                 backend: str | None = None, storage_options: dict[str, Any] | None = None) -> Store:
+    path = os.fspath(path)
+    if not create and not _is_url(path) and not os.path.exists(path):
+        raise CacheNotFoundError(f"{path}: no such file or directory")
+    backend = backend or detect_backend(path)
+    if backend == "zarr":
+        return ZarrStore(path, read_only=read_only, create=create, overwrite=overwrite,
+                         storage_options=storage_options)
+    if backend == "hdf5":
+        if _is_url(path):
+            raise ValueError(f"{path}: the HDF5 backend needs a local file; use backend='zarr' for URLs")
+        return HDF5Store(path, read_only=read_only, create=create, overwrite=overwrite)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def find_stores(root: str) -> list[str]:
+    """Sorted paths of candidate stores under ``root``: Zarr groups and HDF5 files, not descending into stores."""
+    return sorted(_walk_stores(root))
+
+
+def _walk_stores(root: str) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if "zarr.json" in filenames:
+            dirnames[:] = []
+            yield dirpath
+            continue
+        for name in sorted(filenames):
+            if name.endswith(HDF5_SUFFIXES):
+                yield os.path.join(dirpath, name)

@@ -1,0 +1,138 @@
+"""The abstract store: the few primitives every backend provides.
+
+Everything else (schema, partitions, checksums, reads by row id) lives in
+``cache.py`` and is built only from these methods, so a new backend is one
+small class. Nodes are slash-separated paths such as ``teachers/clip/features``;
+axis 0 of every array is the row axis and arrays are chunked by whole rows.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import ReadOnlyError
+
+STR_DTYPE = "str"  # variable-length UTF-8 strings (sample ids)
+COMPRESSORS = ("none", "lz4")
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, or STR_DTYPE
+    chunk_rows: int
+    compressor: str
+
+    @property
+    def row_bytes(self) -> int:
+        if self.dtype == STR_DTYPE:
+            return 0
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class Store(abc.ABC):
+    """One store on one medium. ``read_only`` is checked before any change."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, path: str, *, read_only: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+
+    # -- attributes (JSON-plain dicts) -------------------------------------------------
+    @abc.abstractmethod
+    def get_attrs(self, node: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _set_attrs(self, node: str, attrs: dict[str, Any]) -> None: ...
+
+    # -- arrays -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _create_array(self, node: str, shape: tuple[int, ...], dtype: str, chunk_rows: int,
+                      compressor: str) -> None: ...
+
+    @abc.abstractmethod
+    def array_meta(self, node: str) -> ArrayMeta:
+        """Shape, dtype and chunking of ``node``; KeyError if it does not exist."""
+
+    @abc.abstractmethod
+    def read(self, node: str, start: int, stop: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _write(self, node: str, start: int, values: np.ndarray) -> None:
+        """Write rows ``start:start+len(values)`` and return only once they are durable."""
+
+    @abc.abstractmethod
+    def children(self, node: str) -> list[str]:
+        """Names of the groups and arrays directly under ``node`` ('' is the root)."""
+
+    # -- done markers: small JSON documents written after the data they describe ----------
+    @abc.abstractmethod
+    def _put_marker(self, key: str, doc: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _delete_marker(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def markers(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def size_on_disk(self) -> int: ...
+
+    def close(self) -> None:
+        """Release file handles; the default has none."""
+
+    # -- helpers built from the primitives ---------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path}: store is open read-only; open it with mode='r+' to change it")
+
+    def set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
+        self._check_writable()
+        self._set_attrs(node, attrs)
+
+    def create_array(self, node: str, shape: tuple[int, ...], dtype: str, chunk_rows: int,
+                     compressor: str = "none") -> None:
+        self._check_writable()
+        if compressor not in COMPRESSORS:
+            raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
+        self._create_array(node, tuple(int(s) for s in shape), dtype, int(chunk_rows), compressor)
+
+    def write(self, node: str, start: int, values: np.ndarray) -> None:
+        self._check_writable()
+        self._write(node, start, values)
+
+    def put_marker(self, key: str, doc: dict[str, Any]) -> None:
+        self._check_writable()
+        self._put_marker(key, doc)
+
+    def delete_marker(self, key: str) -> None:
+        self._check_writable()
+        self._delete_marker(key)
+
+    def take(self, node: str, rows: np.ndarray) -> np.ndarray:
+        """Rows at sorted, unique indices, read one slice per touched chunk."""
+        meta = self.array_meta(node)
+        if len(rows) == 0:
+            return np.empty((0, *meta.shape[1:]), dtype=object if meta.dtype == STR_DTYPE else meta.dtype)
+        chunk_of = rows // meta.chunk_rows
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        parts = []
+        for group in np.split(rows, bounds):
+            lo, hi = int(group[0]), int(group[-1]) + 1
+            parts.append(self.read(node, lo, hi)[group - lo])
+        return np.concatenate(parts)
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "r" if self.read_only else "r+"
+        return f"{type(self).__name__}({self.path!r}, mode={mode!r})"
