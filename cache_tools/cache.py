@@ -387,3 +387,4 @@ def require_complete(cache: FeatureCache) -> None:
         what = ", ".join(f"{part}: {len(ps)} of {cache.num_partitions}" for part, ps in missing.items())
         raise CacheError(f"{cache.path}: store is incomplete (partitions missing for {what}); "
                          "finish the extraction first")
+
