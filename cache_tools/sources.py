@@ -1,0 +1,248 @@
+"""Raw inputs of a store's rows, shared by extraction (stage 1) and training (stage 2).
+
+A source lists its rows (stable sample ids, labels) and loads one row's raw
+input: an RGB PIL image or a string. Its ``describe()`` is what a store records
+under ``source``, so stage 2 can reopen the same inputs (optionally from another
+root) without knowing how stage 1 was configured.
+
+Kinds: ``image_folder`` (one sub-folder per class, or flat = unlabeled),
+``manifest`` (CSV or JSONL with ``path`` or ``text``, optional ``label`` and ``id``),
+``fashion_mnist`` (the four standard idx files, optionally gzipped), and
+``text_categories`` (one file per class, entries separated by ``%`` lines, like
+Debian's fortunes).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+FASHION_MNIST_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist",
+                      "/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+
+class SourceError(ValueError):
+    """The source as configured cannot be listed (bad path, bad manifest)."""
+
+
+class InputError(Exception):
+    """One row's input cannot be read or decoded; the row is marked invalid."""
+
+
+@dataclass
+class Source:
+    kind: str
+    modality: str  # "image" or "text"
+    sample_ids: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    params: dict[str, Any]
+    _load: Callable[[int], Any] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def load(self, i: int) -> Any:
+        """The raw input of row ``i``: an RGB PIL image or a non-empty string; InputError if unusable."""
+        return self._load(i)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "modality": self.modality, "classes": list(self.classes), **self.params}
+
+
+def _decode_image(data: bytes, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InputError(f"{what}: empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{what}: cannot decode image ({exc})") from exc
+
+
+def _read_image_file(path: str):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    return _decode_image(data, path)
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{what}: empty text")
+    return text
+
+
+def image_folder(root: str) -> Source:
+    if not os.path.isdir(root):
+        raise SourceError(f"{root}: image folder not found")
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = subdirs
+    entries: list[tuple[str, int]] = []
+    if subdirs:
+        for label, name in enumerate(subdirs):
+            for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
+                entries += [(os.path.relpath(os.path.join(dirpath, f), root), label)
+                            for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+    else:
+        entries = [(f, -1) for f in sorted(os.listdir(root)) if f.lower().endswith(IMAGE_SUFFIXES)]
+    if not entries:
+        raise SourceError(f"{root}: no images found (expected one sub-folder per class, or images)")
+    ids = [e[0] for e in entries]
+    return Source("image_folder", "image", ids, np.array([e[1] for e in entries], np.int64), classes,
+                  {"root": os.path.abspath(root)}, lambda i: _read_image_file(os.path.join(root, ids[i])))
+
+
+def _manifest_rows(path: str) -> list[dict[str, Any]]:
+    if not os.path.isfile(path):
+        raise SourceError(f"{path}: manifest not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        if path.endswith((".jsonl", ".json")):
+            rows = []
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise SourceError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+            return rows
+        return list(csv.DictReader(fh))
+
+
+def manifest(path: str, root: str | None = None) -> Source:
+    rows = _manifest_rows(path)
+    if not rows:
+        raise SourceError(f"{path}: manifest has no rows")
+    modality = "text" if "text" in rows[0] else "image"
+    if modality == "image" and "path" not in rows[0]:
+        raise SourceError(f"{path}: manifest needs a 'path' or a 'text' column")
+    base = root or os.path.dirname(os.path.abspath(path))
+    labels_raw = [r.get("label") for r in rows]
+    named = [lab for lab in labels_raw if lab not in (None, "") and not str(lab).lstrip("-").isdigit()]
+    classes = sorted(set(map(str, named)))
+    to_int = {c: i for i, c in enumerate(classes)}
+    labels = np.array([-1 if lab in (None, "") else to_int.get(str(lab), None) if named else int(lab)
+                       for lab in labels_raw], dtype=np.int64)
+    if modality == "image":
+        ids = [str(r.get("id") or r["path"]) for r in rows]
+        paths = [r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"]) for r in rows]
+        load = lambda i: _read_image_file(paths[i])  # noqa: E731
+    else:
+        ids = [str(r.get("id") or f"row{i:08d}") for i, r in enumerate(rows)]
+        texts = [r.get("text") for r in rows]
+        load = lambda i: _check_text(texts[i], f"{path} row {i}")  # noqa: E731
+    if len(set(ids)) != len(ids):
+        raise SourceError(f"{path}: sample ids are not unique (add an 'id' column)")
+    params = {"path": os.path.abspath(path), **({"root": os.path.abspath(root)} if root else {})}
+    return Source("manifest", modality, ids, labels, classes, params, load)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise SourceError(f"{path}: not an idx file of unsigned bytes")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: str, stem: str) -> str:
+    for name in (stem, f"{stem}.gz"):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            return path
+    raise SourceError(f"{root}: {stem}[.gz] not found (Fashion-MNIST idx files)")
+
+
+def default_fashion_mnist_root() -> str | None:
+    for root in FASHION_MNIST_DIRS:
+        if os.path.isdir(root):
+            return root
+    return None
+
+
+def fashion_mnist(root: str | None = None, split: str = "train") -> Source:
+    if split not in ("train", "test"):
+        raise SourceError(f"fashion_mnist split must be 'train' or 'test', got {split!r}")
+    root = root or default_fashion_mnist_root()
+    if root is None:
+        raise SourceError("Fashion-MNIST not found: install Debian's dataset-fashion-mnist or set root")
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+
+    def load(i: int):
+        from PIL import Image
+        return Image.fromarray(images[i], mode="L").convert("RGB")
+
+    ids = [f"fashion_mnist/{split}/{i:05d}" for i in range(len(labels))]
+    return Source("fashion_mnist", "image", ids, labels, list(FASHION_MNIST_CLASSES),
+                  {"root": os.path.abspath(root), "split": split}, load)
+
+
+def text_categories(root: str) -> Source:
+    if not os.path.isdir(root):
+        raise SourceError(f"{root}: text corpus folder not found")
+    files = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f))
+                   and not f.endswith((".dat", ".u8")) and not f.startswith("."))
+    ids, labels, texts = [], [], []
+    for label, name in enumerate(files):
+        with open(os.path.join(root, name), encoding="utf-8", errors="replace") as fh:
+            entries, current = [], []
+            for line in fh:
+                if line.rstrip("\n") == "%":
+                    entries.append("".join(current))
+                    current = []
+                else:
+                    current.append(line)
+            entries.append("".join(current))
+        for j, text in enumerate(e for e in entries if e.strip()):
+            ids.append(f"{name}/{j:06d}")
+            labels.append(label)
+            texts.append(text.strip())
+    if not ids:
+        raise SourceError(f"{root}: no text entries found")
+    return Source("text_categories", "text", ids, np.array(labels, np.int64), files,
+                  {"root": os.path.abspath(root)}, lambda i: _check_text(texts[i], ids[i]))
+
+
+KINDS: dict[str, Callable[..., Source]] = {
+    "image_folder": image_folder, "manifest": manifest, "fashion_mnist": fashion_mnist,
+    "text_categories": text_categories,
+}
+
+
+def open_source(description: dict[str, Any], root: str | None = None) -> Source:
+    """Reopen a source from what a store recorded; ``root`` relocates its files."""
+    desc = dict(description)
+    kind = desc.pop("kind", None)
+    if kind not in KINDS:
+        raise SourceError(f"unknown source kind {kind!r} (known: {', '.join(KINDS)})")
+    for key in ("modality", "classes"):
+        desc.pop(key, None)
+    if root:
+        desc["root"] = root
+    if kind == "manifest" and root:
+        desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
+    try:
+        return KINDS[kind](**desc)
+    except TypeError as exc:
+        raise SourceError(f"source {kind}: {exc}") from exc
