@@ -238,11 +238,21 @@ def open_source(description: dict[str, Any], root: str | None = None) -> Source:
         raise SourceError(f"unknown source kind {kind!r} (known: {', '.join(KINDS)})")
     for key in ("modality", "classes"):
         desc.pop(key, None)
+    limit = desc.pop("limit", None)
     if root:
         desc["root"] = root
     if kind == "manifest" and root:
         desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
     try:
-        return KINDS[kind](**desc)
+        source = KINDS[kind](**desc)
     except TypeError as exc:
         raise SourceError(f"source {kind}: {exc}") from exc
+    return head(source, limit) if limit else source
+
+
+def head(source: Source, limit: int) -> Source:
+    """The first ``limit`` rows (recorded as ``limit`` so the same rows reopen later)."""
+    if limit <= 0 or limit >= len(source):
+        return source
+    return Source(source.kind, source.modality, source.sample_ids[:limit], source.labels[:limit],
+                  source.classes, {**source.params, "limit": int(limit)}, source._load)

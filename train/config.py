@@ -1,0 +1,102 @@
+"""The schema of a training run. Every option has a default that works; TOML files in
+configs/ override it and ``--set section.key=value`` overrides those."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    store: str = "stores/fashion_mnist/train.zarr"  # features + labels of the training split
+    test_store: str = "stores/fashion_mnist/test.zarr"  # "" = carve test_fraction out of `store`
+    val_store: str = ""  # "" = carve val_fraction out of the training rows
+    data_root: str = ""  # relocate the raw inputs recorded in the store
+    teachers: tuple[str, ...] = ()  # () = every teacher in the store, concatenated
+    standardize_teachers: bool = False  # centre + scale each teacher block to unit mean norm
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0  # carving val/test and the label budget: fixed so seeds compare on one split
+    label_budget: int = 0  # labeled training rows per class; 0 = all
+    max_ram_gb: float = 4.0  # hold features in memory up to this size, else stream chunks
+    tokenizer: str = ""  # local Hugging Face tokenizer directory (text students)
+    decode_threads: int = 2
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                errors.append(f"{name}: must be in [0, 1)")
+        if self.label_budget < 0:
+            errors.append("label_budget: must be >= 0")
+        if self.max_ram_gb <= 0:
+            errors.append("max_ram_gb: must be > 0")
+        if not self.store:
+            errors.append("store: must name a feature store")
+        return errors
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    name: Literal["small_cnn", "resnet18", "mobilenet_v3_small", "vit_tiny", "text_transformer",
+                  "text_cnn"] = "small_cnn"
+    image_size: int = 32
+    max_length: int = 128
+    width: int = 128
+    checkpoint: str = ""  # local state dict to start from (the head may differ)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: Method = "aft"
+    beta: float = 10.0  # AFT weight (reference recipe)
+    prior_lr: float = 1e-2  # learning rate of AFT's feature weights s (no weight decay)
+    kd_beta: float = 1.0  # kd_feat MSE weight
+    rkd_distance: float = 25.0
+    rkd_angle: float = 50.0
+    temperature: float = 4.0  # kd_pred
+    alpha: float = 0.5  # kd_pred: weight of the KL term, 1 - alpha on cross-entropy
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.temperature <= 0:
+            errors.append("temperature: must be > 0")
+        if not 0 <= self.alpha <= 1:
+            errors.append("alpha: must be in [0, 1]")
+        return errors
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd
+    epochs: int = 10
+    batch_size: int = 128
+    warmup_epochs: float = 0.5
+    grad_clip: float = 1.0  # 0 = off
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.epochs < 1:
+            errors.append("epochs: must be >= 1")
+        if self.batch_size < 2:
+            errors.append("batch_size: must be >= 2 (batch statistics)")
+        if self.lr <= 0:
+            errors.append("lr: must be > 0")
+        return errors
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/demo"
+    seed: int = 0
+    amp: bool = True  # autocast on GPU; ignored on the CPU
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)

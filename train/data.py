@@ -1,0 +1,225 @@
+"""Stage 2's data path: splits of the store's rows, raw inputs, and cached features.
+
+Features come from the store by row id (never from a teacher); raw inputs come
+from the source the store recorded, checked against the store's dataset
+fingerprint. Features are held in memory when they fit ``max_ram_gb``, else
+streamed with chunk-shuffled reads.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from featcache.cache_tools import FeatureCache, FingerprintMismatch, dataset_fingerprint, require_complete
+from featcache.cache_tools.reading import iter_chunk_shuffled
+from featcache.cache_tools.sources import Source, open_source
+from featcache.cache_tools.views import apply_view
+
+from .config import DataConfig, StudentConfig
+
+GiB = 1 << 30
+
+
+def open_split_store(path: str, data_root: str = "") -> tuple[FeatureCache, Source]:
+    """A complete store and its raw inputs, refused if the inputs are not the ones cached."""
+    cache = FeatureCache.open(path)
+    require_complete(cache)
+    source = open_source(cache.source, data_root or None)
+    found = dataset_fingerprint(source.sample_ids, source.labels)
+    if found != cache.dataset_fingerprint:
+        raise FingerprintMismatch(
+            f"{path}: raw inputs at {source.params.get('root') or source.params.get('path')} are not the "
+            f"dataset this store was built from (dataset fingerprint {cache.dataset_fingerprint[:12]} "
+            f"expected, {found[:12]} found)")
+    return cache, source
+
+
+def usable_rows(cache: FeatureCache) -> np.ndarray:
+    """Valid, labeled rows (invalid inputs are skipped everywhere)."""
+    return np.flatnonzero(cache.valid & (cache.labels >= 0))
+
+
+def carve(rows: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split off ``fraction`` of rows: (rest, carved), both sorted."""
+    perm = rng.permutation(rows)
+    k = int(round(len(rows) * fraction))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def label_budget(rows: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    if per_class <= 0:
+        return rows
+    perm = rng.permutation(rows)
+    keep = np.concatenate([perm[labels[perm] == c][:per_class] for c in np.unique(labels[rows])])
+    return np.sort(keep)
+
+
+class Inputs:
+    """Raw inputs of one source as model-ready tensors, decoded by a few threads."""
+
+    def __init__(self, source: Source, student: StudentConfig, tokenizer: str = "", threads: int = 2) -> None:
+        self.source, self.size, self.max_length = source, student.image_size, student.max_length
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        self.tokenizer = load_tokenizer(tokenizer) if source.modality == "text" else None
+        if source.modality == "text" and self.tokenizer is None:
+            raise ValueError("data.tokenizer: text students need a local tokenizer directory")
+
+    def _image(self, i: int, params: np.ndarray | None) -> np.ndarray:
+        from PIL import Image
+
+        img = self.source.load(int(i))
+        if params is not None:
+            img = apply_view(img, params)
+        return np.asarray(img.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+
+    def batch(self, rows: np.ndarray, params: np.ndarray | None = None) -> Any:
+        if self.source.modality == "text":
+            texts = [self.source.load(int(i)) for i in rows]
+            return self.tokenizer(texts, self.max_length)
+        plist = [None] * len(rows) if params is None else list(params)
+        arr = np.stack(list(self.pool.map(self._image, rows, plist)))
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+        return x.sub_(0.5).div_(0.5)
+
+
+def load_tokenizer(path: str):
+    """A fast tokenizer from a local Hugging Face directory: texts -> (ids, mask) tensors."""
+    if not path:
+        return None
+    from tokenizers import Tokenizer
+
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path}: no tokenizer.json (a Hugging Face fast tokenizer directory)")
+    tok = Tokenizer.from_file(file)
+    pad_id = tok.token_to_id("[PAD]") or 0
+
+    def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(texts), max_length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), max_length), dtype=torch.bool)
+        for row, enc in enumerate(tok.encode_batch(texts)):
+            toks = enc.ids[:max_length]
+            ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            mask[row, : len(toks)] = True
+        return ids, mask
+
+    encode.vocab_size = tok.get_vocab_size()  # type: ignore[attr-defined]
+    return encode
+
+
+class FeatureBank:
+    """The cached teacher features of one store, concatenated over the chosen teachers."""
+
+    def __init__(self, cache: FeatureCache, teachers: tuple[str, ...], rows: np.ndarray, max_ram_gb: float,
+                 standardize: bool = False) -> None:
+        self.cache, self.teachers = cache, list(teachers) or cache.teachers
+        if not self.teachers:
+            raise ValueError(f"{cache.path}: store has no teachers; feature methods need one")
+        for t in self.teachers:
+            cache.teacher_info(t)  # KeyError names the teacher and the ones present
+        self.dims = [cache.teacher_info(t)["dim"] for t in self.teachers]
+        self.dim, self.views = sum(self.dims), cache.views
+        nbytes = sum(int(np.prod(cache.teacher_info(t)["shape"])) * np.dtype(cache.teacher_info(t)["dtype"]).itemsize
+                     for t in self.teachers)
+        self.in_memory = nbytes <= max_ram_gb * GiB
+        self.data = np.concatenate([cache.load(t) for t in self.teachers], -1) if self.in_memory else None
+        self.chunk_rows = max(cache.chunk_rows(t) for t in self.teachers)
+        self.shift = self.scale = None
+        if standardize:
+            self.shift, self.scale = self._block_stats(rows)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if self.data is not None:
+            return self.data[start:stop]
+        return np.concatenate([self.cache.read(t, start, stop) for t in self.teachers], -1)
+
+    def _block_stats(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-teacher mean vector and one scale, so every block has unit mean norm on `rows`."""
+        total = np.zeros(self.dim, np.float64)
+        sq = np.zeros(self.dim, np.float64)
+        count = 0
+        for _, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, 4096,
+                                            rng=np.random.default_rng(0), rows=rows):
+            f = feats.reshape(-1, self.dim).astype(np.float64)
+            total += f.sum(0)
+            sq += (f ** 2).sum(0)
+            count += len(f)
+        mean = total / count
+        var = sq / count - mean ** 2
+        scale = np.empty(self.dim)
+        start = 0
+        for d in self.dims:
+            scale[start:start + d] = np.sqrt(max(var[start:start + d].sum(), 1e-12))
+            start += d
+        return mean.astype(np.float32), scale.astype(np.float32)
+
+    def _finish(self, feats: np.ndarray) -> np.ndarray:
+        out = feats.astype(np.float32)
+        if self.shift is not None:
+            out = (out - self.shift) / self.scale
+        return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if self.data is not None:
+            return self._finish(self.data[rows])
+        return self._finish(np.concatenate([self.cache.take(t, rows) for t in self.teachers], -1))
+
+    def epoch(self, rows: np.ndarray, batch_size: int, rng: np.random.Generator,
+              drop_last: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row ids, features) batches over ``rows``: a plain shuffle in memory, chunk-shuffled otherwise."""
+        if self.data is not None:
+            perm = rng.permutation(rows)
+            stop = len(perm) - len(perm) % batch_size if drop_last else len(perm)
+            for i in range(0, stop, batch_size):
+                ids = perm[i:i + batch_size]
+                yield ids, self._finish(self.data[ids])
+            return
+        for ids, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, batch_size, rng=rng,
+                                              rows=rows, drop_last=drop_last):
+            yield ids, self._finish(feats)
+
+
+@dataclass
+class Split:
+    name: str
+    cache: FeatureCache
+    inputs: Inputs
+    rows: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.cache.labels[self.rows]
+
+
+def build_splits(cfg: DataConfig, student: StudentConfig) -> tuple[dict[str, Split], int]:
+    """train / val / test splits and the number of classes."""
+    rng = np.random.default_rng(cfg.split_seed)
+    cache, source = open_split_store(cfg.store, cfg.data_root)
+    inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
+    train_rows = usable_rows(cache)
+    if len(train_rows) == 0:
+        raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
+    splits: dict[str, Split] = {}
+    if cfg.test_store:
+        tc, ts = open_split_store(cfg.test_store, cfg.data_root)
+        splits["test"] = Split("test", tc, Inputs(ts, student, cfg.tokenizer, cfg.decode_threads), usable_rows(tc))
+    else:
+        train_rows, test_rows = carve(train_rows, cfg.test_fraction, rng)
+        splits["test"] = Split("test", cache, inputs, test_rows)
+    if cfg.val_store:
+        vc, vs = open_split_store(cfg.val_store, cfg.data_root)
+        splits["val"] = Split("val", vc, Inputs(vs, student, cfg.tokenizer, cfg.decode_threads), usable_rows(vc))
+    else:
+        train_rows, val_rows = carve(train_rows, cfg.val_fraction, rng)
+        splits["val"] = Split("val", cache, inputs, val_rows)
+    train_rows = label_budget(train_rows, cache.labels, cfg.label_budget, rng)
+    splits["train"] = Split("train", cache, inputs, train_rows)
+    classes = source.classes or []
+    num_classes = max(len(classes), int(cache.labels.max()) + 1)
+    return splits, num_classes

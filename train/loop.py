@@ -1,0 +1,280 @@
+"""The student training loop: data, model, optimiser, then epochs top to bottom."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from featcache.cache_tools.config import load_config, to_dict
+from featcache.cache_tools.provenance import created_by
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig
+from .data import FeatureBank, Split, build_splits
+from .distributed import Dist, all_sum, barrier, pick_device, setup, teardown
+from .losses import AFT, RKD, FeatureKD, Method, PredictionKD
+from .probe import fit_linear_probe, probe_accuracy
+from .students import StudentSpec, build_student, count_parameters, feature_dim
+
+Log = Callable[[str], None]
+
+
+class Learner(nn.Module):
+    """Student and method in one module, so DDP averages every trainable parameter."""
+
+    def __init__(self, student: nn.Module, method: Method) -> None:
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, x: Any, phi: torch.Tensor | None, y: torch.Tensor):
+        logits, h = self.student(x)
+        return logits, self.method(logits, h, phi, y)
+
+
+def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Split, num_classes: int,
+                 out_dir: str, log: Log) -> Method:
+    m = cfg.method
+    if m.name == "stl":
+        return Method()
+    if m.name == "aft":
+        return AFT(bank.dim, beta=m.beta, prior_lr=m.prior_lr)
+    if m.name == "kd_feat":
+        return FeatureKD(d_h, bank.dim, beta=m.kd_beta)
+    if m.name == "rkd":
+        return RKD(m.rkd_distance, m.rkd_angle)
+    path = os.path.join(out_dir, "probe.pt")
+    if os.path.exists(path):
+        probe = nn.Linear(bank.dim, num_classes)
+        probe.load_state_dict(torch.load(path, weights_only=True))
+    else:  # the teacher's task head: fitted once on the labeled training rows' cached features
+        feats = _eval_view(bank.take(split.rows), bank.views)
+        probe = fit_linear_probe(feats, split.labels, num_classes, seed=cfg.seed)
+        log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
+        torch.save(probe.state_dict(), path)
+    return PredictionKD(probe, m.temperature, m.alpha)
+
+
+def _eval_view(feats: np.ndarray, views: int) -> np.ndarray:
+    return feats[:, 0] if views > 1 else feats
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(cfg: TrainConfig, learner: Learner) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = [{"params": list(learner.student.parameters()), "lr": o.lr, "weight_decay": o.weight_decay,
+               "name": "student"}, *learner.method.param_groups(o.lr, o.weight_decay)]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    return (torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam)(groups, lr=o.lr)
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+
+
+def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
+                  rng: np.random.Generator):
+    """(inputs, features or None, labels) with each row's view drawn at random when the store has several."""
+    if bank is None:
+        perm = rng.permutation(rows)
+        pairs = ((perm[i:i + batch_size], None) for i in range(0, len(perm) - batch_size + 1, batch_size))
+    else:
+        pairs = bank.epoch(rows, batch_size, rng)
+    views = split.cache.views
+    for ids, feats in pairs:
+        params = None
+        if views > 1:
+            v = rng.integers(0, views, size=len(ids))
+            if feats is not None:
+                feats = feats[np.arange(len(ids)), v]
+            if split.cache.view_param_names:
+                params = split.cache.view_params[ids, v]
+        phi = None if feats is None else torch.from_numpy(feats)
+        yield split.inputs.batch(ids, params), phi, torch.from_numpy(split.cache.labels[ids])
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, split: Split, num_classes: int, device: torch.device, dist_: Dist,
+             batch_size: int = 256) -> dict[str, Any]:
+    learner.eval()
+    rows = split.rows[dist_.rank::dist_.world]
+    correct = torch.zeros(num_classes, dtype=torch.float64)
+    seen = torch.zeros(num_classes, dtype=torch.float64)
+    loss_sum = torch.zeros(1, dtype=torch.float64)
+    for i in range(0, len(rows), batch_size):
+        ids = rows[i:i + batch_size]
+        y = torch.from_numpy(split.cache.labels[ids])
+        logits, _ = learner.student(to_device(split.inputs.batch(ids), device))
+        logits = logits.float().cpu()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        hit = (logits.argmax(1) == y).double()
+        correct.index_add_(0, y, hit)
+        seen.index_add_(0, y, torch.ones_like(hit))
+    for t in (correct, seen, loss_sum):
+        all_sum(t)
+    learner.train()
+    per_class = (correct / seen.clamp(min=1)).tolist()
+    total = float(seen.sum())
+    return {"accuracy": float(correct.sum()) / max(total, 1.0), "loss": float(loss_sum) / max(total, 1.0),
+            "per_class_accuracy": per_class, "rows": int(total)}
+
+
+def resolve_resume(cfg: TrainConfig, path: str, log: Log) -> tuple[TrainConfig, dict[str, Any]]:
+    """The checkpoint's config wins (it is the same run), except optim.epochs, which may extend it."""
+    state = ckpt_io.load(path)
+    drift = ckpt_io.config_drift(state["config"], to_dict(cfg))
+    for key, (old, new) in drift.items():
+        wins = "new value" if key == "optim.epochs" else "checkpoint value"
+        ckpt_io.warn(f"resume: {key} was {old!r}, now {new!r}; the {wins} wins")
+    saved = load_config(TrainConfig, data={**state["config"],
+                                           "optim": {**state["config"]["optim"], "epochs": cfg.optim.epochs}})
+    return saved, state
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, log: Log = print) -> dict[str, Any]:
+    dist_ = setup()
+    say: Log = log if dist_.is_main else (lambda _msg: None)
+    try:
+        return _run(cfg, resume, dist_, say)
+    finally:
+        teardown()
+
+
+def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any]:
+    t_start = time.time()
+    ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
+    state = None
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"{ckpt_path}: nothing to resume")
+        cfg, state = resolve_resume(cfg, ckpt_path, log)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(dist_.local_rank)
+    splits, num_classes = build_splits(cfg.data, cfg.student)
+    train = splits["train"]
+    needs_features = cfg.method.name != "stl"
+    bank = FeatureBank(train.cache, cfg.data.teachers, train.rows, cfg.data.max_ram_gb,
+                       cfg.data.standardize_teachers) if needs_features else None
+    if bank is not None:
+        log(f"features: {', '.join(bank.teachers)} (dim {bank.dim}), "
+            f"{'in memory' if bank.in_memory else 'streamed chunk by chunk'}")
+        if train.cache.views == 1:
+            log("store has one view per row: feature methods use the eval view only (no augmentation)")
+    vocab = getattr(train.inputs.tokenizer, "vocab_size", 30522)
+    spec = StudentSpec(cfg.student.name, num_classes, cfg.student.image_size, vocab, cfg.student.max_length,
+                       cfg.student.width)
+    student = build_student(spec, cfg.student.checkpoint or None)
+    method = build_method(cfg, feature_dim(student, spec), bank, train, num_classes, cfg.out_dir, log)
+    learner = Learner(student, method).to(device)
+    model: nn.Module = learner
+    if dist_.world > 1:
+        model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(cfg, learner)
+    rank_rows = train.rows[dist_.rank::dist_.world]
+    steps = (len(train.rows) // dist_.world) // cfg.optim.batch_size
+    if steps == 0:
+        raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
+                         f"{len(train.rows) // dist_.world} training rows per process")
+    total, warmup = steps * cfg.optim.epochs, int(steps * cfg.optim.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"]
+        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    amp = cfg.amp and device.type == "cuda"
+    log(f"{cfg.method.name} | student {cfg.student.name} ({count_parameters(student):,} params) | "
+        f"{len(train.rows)} train / {len(splits['val'].rows)} val / {len(splits['test'].rows)} test rows | "
+        f"{device} x{dist_.world}")
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, dist_.rank])
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + dist_.rank)
+        sums: dict[str, float] = {}
+        t0, rows_done = time.time(), 0
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if dist_.is_main else True,
+                   file=sys.stderr, leave=False)
+        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng)
+        for step, (x, phi, y) in zip(range(steps), batches):
+            x, y = to_device(x, device), y.to(device)
+            phi = None if phi is None else phi.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                _, parts = model(x, phi, y)
+            loss = sum(parts.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            rows_done += len(y)
+            bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+            bar.update(1)
+        bar.close()
+        secs = time.time() - t0
+        val = evaluate(learner, splits["val"], num_classes, device, dist_)
+        losses = {k: v / steps for k, v in sums.items()}
+        record = {"epoch": epoch + 1, "losses": losses, "loss": sum(losses.values()), "val_accuracy": val["accuracy"],
+                  "val_loss": val["loss"], "lr": scheduler.get_last_lr()[0], "epoch_seconds": secs,
+                  "rows_per_second": rows_done * dist_.world / secs}
+        history.append(record)
+        log(f"epoch {epoch + 1}/{cfg.optim.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            + f"  val_acc {val['accuracy']:.4f}  {record['rows_per_second']:.0f} rows/s")
+        if dist_.is_main:
+            ckpt_io.save_atomic({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                                 "config": to_dict(cfg)}, ckpt_path)
+            ckpt_io.write_text_atomic(os.path.join(cfg.out_dir, "metrics.jsonl"),
+                                      "".join(_json_line(r) for r in history))
+        barrier()
+    test = evaluate(learner, splits["test"], num_classes, device, dist_)
+    results = _results(cfg, splits, bank, history, test, count_parameters(student), time.time() - t_start, dist_,
+                       str(device))
+    if dist_.is_main:
+        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results)
+        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+    log(f"done: {cfg.method.name} test accuracy {test['accuracy']:.4f} on {test['rows']} rows "
+        f"({results['wall_seconds']:.1f} s) -> {cfg.out_dir}/results.json")
+    return results
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def _results(cfg: TrainConfig, splits: dict[str, Split], bank: FeatureBank | None, history: list[dict[str, Any]],
+             test: dict[str, Any], params: int, wall: float, dist_: Dist, device: str) -> dict[str, Any]:
+    train = splits["train"].cache
+    teachers = bank.teachers if bank is not None else []
+    return {
+        "method": cfg.method.name, "student": cfg.student.name, "student_parameters": params,
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "test_per_class_accuracy": test["per_class_accuracy"], "test_rows": test["rows"],
+        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "final_losses": history[-1]["losses"] if history else {},
+        "epochs": len(history), "train_rows": int(len(splits["train"].rows)),
+        "store": {"path": train.path, "dataset_fingerprint": train.dataset_fingerprint,
+                  "teachers": {t: train.teacher_info(t)["fingerprint"] for t in teachers}},
+        "test_store": splits["test"].cache.path, "config": to_dict(cfg), "wall_seconds": wall,
+        "world_size": dist_.world, "device": device, "featcache": created_by(),
+    }

@@ -1,0 +1,146 @@
+"""Loss terms of every stage-2 method: AFT and the baselines it is compared with.
+
+Each method is a small module that owns its extra parameters (AFT's feature
+weights, KD's linear map) and returns its loss components by name; the loop sums
+them and logs each one. Cross-entropy is always a component.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-8
+
+
+def _center_normalize(x: torch.Tensor) -> torch.Tensor:
+    xc = x - x.mean(dim=0, keepdim=True)
+    return xc / (xc.norm(dim=1, keepdim=True) + EPS)
+
+
+def aft_regularizer(h: torch.Tensor, phi: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """AFT's kernel distance R between student features and weighted teacher features.
+
+    h: (B, d_h) student penultimate features; phi: (B, d_phi) cached teacher features;
+    s: (d_phi,) logits of the learned feature weights rho = sigmoid(s). Computed exactly
+    as the reference implementation: batch-centred, row-normalised features, and
+    R = sqrt(mean((hn hn^T - tn tn^T)^2) + 1e-8), without beta.
+    """
+    h = h.float()
+    t = phi.float() * torch.sigmoid(s.float())
+    hn, tn = _center_normalize(h), _center_normalize(t)
+    kh, kt = hn @ hn.T, tn @ tn.T
+    return torch.sqrt(((kh - kt) ** 2).mean() + EPS)
+
+
+def rkd_distance(h: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances, each normalised by its mean, matched with smooth L1 (Park et al. 2019)."""
+    def normed(x: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(x, x)
+        mean = d[d > 0].mean() if (d > 0).any() else d.new_tensor(1.0)
+        return d / (mean + EPS)
+
+    with torch.no_grad():
+        target = normed(phi.float())
+    return F.smooth_l1_loss(normed(h.float()), target)
+
+
+def rkd_angle(h: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Cosines of the angles formed by every triplet, matched with smooth L1."""
+    def angles(x: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+        return torch.bmm(e, e.transpose(1, 2)).reshape(-1)
+
+    with torch.no_grad():
+        target = angles(phi.float())
+    return F.smooth_l1_loss(angles(h.float()), target)
+
+
+class Method(nn.Module):
+    """Base: cross-entropy only (STL). Subclasses add their terms and parameters."""
+
+    name = "stl"
+    needs_features = False
+
+    def forward(self, logits: torch.Tensor, h: torch.Tensor, phi: torch.Tensor | None,
+                y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(logits, y)}
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Extra parameters with their own optimiser settings (none for STL)."""
+        return []
+
+
+class AFT(Method):
+    name = "aft"
+    needs_features = True
+
+    def __init__(self, d_phi: int, beta: float = 10.0, prior_lr: float = 1e-2) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(d_phi))  # rho = sigmoid(0) = 1/2 for every feature at start
+        self.beta, self.prior_lr = beta, prior_lr
+
+    def forward(self, logits, h, phi, y):
+        return {"ce": F.cross_entropy(logits, y), "aft": self.beta * aft_regularizer(h, phi, self.s)}
+
+    def param_groups(self, lr, weight_decay):
+        return [{"params": [self.s], "lr": self.prior_lr, "weight_decay": 0.0, "name": "aft_s"}]
+
+
+class FeatureKD(Method):
+    """FitNets-style: a learned linear map from student to teacher features, MSE."""
+
+    name = "kd_feat"
+    needs_features = True
+
+    def __init__(self, d_h: int, d_phi: int, beta: float = 1.0) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_h, d_phi)
+        self.beta = beta
+
+    def forward(self, logits, h, phi, y):
+        return {"ce": F.cross_entropy(logits, y),
+                "kd_feat": self.beta * F.mse_loss(self.proj(h.float()), phi.float())}
+
+    def param_groups(self, lr, weight_decay):
+        return [{"params": list(self.proj.parameters()), "lr": lr, "weight_decay": weight_decay,
+                 "name": "kd_proj"}]
+
+
+class RKD(Method):
+    name = "rkd"
+    needs_features = True
+
+    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
+        super().__init__()
+        self.wd, self.wa = distance_weight, angle_weight
+
+    def forward(self, logits, h, phi, y):
+        return {"ce": F.cross_entropy(logits, y), "rkd_dist": self.wd * rkd_distance(h, phi),
+                "rkd_angle": self.wa * rkd_angle(h, phi)}
+
+
+class PredictionKD(Method):
+    """KL to a frozen linear probe's predictions on the cached features (Hinton et al.)."""
+
+    name = "kd_pred"
+    needs_features = True
+
+    def __init__(self, probe: nn.Linear, temperature: float = 4.0, alpha: float = 0.5) -> None:
+        super().__init__()
+        self.probe = probe.requires_grad_(False)
+        self.t, self.alpha = temperature, alpha
+
+    def forward(self, logits, h, phi, y):
+        with torch.no_grad():
+            target = F.softmax(self.probe(phi.float()) / self.t, dim=1)
+        kl = F.kl_div(F.log_softmax(logits.float() / self.t, dim=1), target, reduction="batchmean")
+        return {"ce": (1 - self.alpha) * F.cross_entropy(logits, y), "kd": self.alpha * self.t ** 2 * kl}
+
+
+def soft_target_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) on temperature-softened predictions (for distillation on unlabeled rows)."""
+    target = F.softmax(teacher_logits.float() / temperature, dim=1)
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    return temperature ** 2 * F.kl_div(log_p, target, reduction="batchmean")

@@ -1,0 +1,169 @@
+"""Small task-specific students. Every student returns ``(logits, h)``, where h is its
+penultimate features (what AFT and the KD baselines regularise).
+
+Images: ``small_cnn``, ``resnet18``, ``mobilenet_v3_small``, ``vit_tiny``.
+Text (token ids in, with a padding mask): ``text_transformer``, ``text_cnn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    num_classes: int
+    image_size: int = 32
+    vocab_size: int = 30522
+    max_length: int = 128
+    width: int = 128
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, spec: StudentSpec) -> None:
+        super().__init__()
+        w = spec.width // 4
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.MaxPool2d(2))
+
+        self.body = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.head = nn.Linear(4 * w, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.head(h), h
+
+
+class TorchvisionStudent(nn.Module):
+    """ResNet-18 or MobileNetV3-small from torchvision, random init, split at the last layer."""
+
+    def __init__(self, spec: StudentSpec) -> None:
+        super().__init__()
+        import torchvision
+
+        if spec.name == "resnet18":
+            net = torchvision.models.resnet18(weights=None, num_classes=spec.num_classes)
+            self.head = net.fc
+            net.fc = nn.Identity()
+        else:
+            net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=spec.num_classes)
+            self.head = net.classifier[-1]
+            net.classifier[-1] = nn.Identity()
+        self.body = net
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.head(h), h
+
+
+class TinyViT(nn.Module):
+    def __init__(self, spec: StudentSpec, patch: int = 4, depth: int = 4, heads: int = 4) -> None:
+        super().__init__()
+        if spec.image_size % patch:
+            raise ValueError(f"image_size {spec.image_size} must be a multiple of the patch size {patch}")
+        d = spec.width
+        self.patchify = nn.Conv2d(3, d, patch, stride=patch)
+        n = (spec.image_size // patch) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, spec.num_classes)
+
+    def forward(self, x):
+        tokens = self.patchify(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
+        h = self.norm(self.encoder(tokens)[:, 0])
+        return self.head(h), h
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, spec: StudentSpec, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        d = spec.width
+        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, spec.max_length, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.1, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(d, spec.num_classes)
+
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        ids, mask = batch
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        x = self.encoder(x, src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).float()
+        h = (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # mean over real tokens
+        return self.head(h), h
+
+
+class TextCNN(nn.Module):
+    def __init__(self, spec: StudentSpec, kernels: tuple[int, ...] = (3, 4, 5)) -> None:
+        super().__init__()
+        d = spec.width
+        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(d, d, k, padding=k // 2) for k in kernels)
+        self.head = nn.Linear(d * len(kernels), spec.num_classes)
+
+    def forward(self, batch):
+        ids, mask = batch
+        x = (self.embed(ids) * mask.unsqueeze(-1)).transpose(1, 2)
+        neg = torch.finfo(x.dtype).min
+        pooled = [torch.relu(c(x))[..., : ids.shape[1]].masked_fill(~mask.unsqueeze(1), neg).amax(-1)
+                  for c in self.convs]
+        h = torch.cat(pooled, 1)
+        return self.head(h), h
+
+
+IMAGE_STUDENTS = {"small_cnn": SmallCNN, "resnet18": TorchvisionStudent,
+                  "mobilenet_v3_small": TorchvisionStudent, "vit_tiny": TinyViT}
+TEXT_STUDENTS = {"text_transformer": TextTransformer, "text_cnn": TextCNN}
+STUDENTS = {**IMAGE_STUDENTS, **TEXT_STUDENTS}
+
+
+def build_student(spec: StudentSpec, checkpoint: str | None = None) -> nn.Module:
+    if spec.name not in STUDENTS:
+        raise ValueError(f"student {spec.name!r} unknown (known: {', '.join(STUDENTS)})")
+    model = STUDENTS[spec.name](spec)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        own = model.state_dict()
+        # a checkpoint of another task may carry another head: keep everything else
+        kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(own) - set(kept))
+        if not kept or any(not k.startswith("head.") for k in skipped):
+            raise ValueError(f"{checkpoint}: does not match student {spec.name} "
+                             f"(unmatched: {', '.join(skipped[:5])})")
+        model.load_state_dict(kept, strict=False)
+    return model
+
+
+def feature_dim(model: nn.Module, spec: StudentSpec) -> int:
+    """Width of h, found by one forward pass on a dummy input."""
+    model_was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if spec.name in TEXT_STUDENTS:
+            ids = torch.ones(2, 4, dtype=torch.long)
+            _, h = model((ids, torch.ones_like(ids, dtype=torch.bool)))
+        else:
+            _, h = model(torch.zeros(2, 3, spec.image_size, spec.image_size))
+    model.train(model_was_training)
+    return int(h.shape[1])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["StudentSpec", "build_student", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
+           "TEXT_STUDENTS"]
