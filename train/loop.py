@@ -82,6 +82,11 @@ def make_optimizer(cfg: TrainConfig, learner: Learner) -> torch.optim.Optimizer:
     return (torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam)(groups, lr=o.lr)
 
 
+def shard_rows(rows: np.ndarray, dist_: Dist) -> np.ndarray:
+    """This process's rows: disjoint across ranks, together all of them."""
+    return rows[dist_.rank::dist_.world]
+
+
 def to_device(x: Any, device: torch.device) -> Any:
     return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
 
@@ -111,7 +116,7 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
 def evaluate(learner: Learner, split: Split, num_classes: int, device: torch.device, dist_: Dist,
              batch_size: int = 256) -> dict[str, Any]:
     learner.eval()
-    rows = split.rows[dist_.rank::dist_.world]
+    rows = shard_rows(split.rows, dist_)
     correct = torch.zeros(num_classes, dtype=torch.float64)
     seen = torch.zeros(num_classes, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
@@ -185,7 +190,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     if dist_.world > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg, learner)
-    rank_rows = train.rows[dist_.rank::dist_.world]
+    rank_rows = shard_rows(train.rows, dist_)
     steps = (len(train.rows) // dist_.world) // cfg.optim.batch_size
     if steps == 0:
         raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "

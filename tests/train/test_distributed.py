@@ -1,0 +1,45 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from featcache.train.distributed import Dist
+from featcache.train.loop import shard_rows
+
+
+def test_shards_are_disjoint_and_cover_all_rows():
+    rows = np.arange(0, 1000, 3)
+    shards = [shard_rows(rows, Dist(rank=r, world=3)) for r in range(3)]
+    assert sum(len(s) for s in shards) == len(rows)
+    assert len(set(np.concatenate(shards).tolist())) == len(rows)
+
+
+def test_torchrun_two_cpu_processes_gloo(synth, tmp_path):
+    train, test = synth
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    assert shutil.which(torchrun)
+    (tmp_path / "c.toml").write_text(textwrap.dedent(f"""
+        out_dir = {str(tmp_path / 'run')!r}
+        [data]
+        store = {train!r}
+        test_store = {test!r}
+        [student]
+        image_size = 28
+        width = 32
+        [optim]
+        epochs = 2
+        batch_size = 32
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "featcache.train.cli",
+                          str(tmp_path / "c.toml")], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = [f for f in os.listdir(tmp_path / "run") if f.startswith("results")]
+    assert results == ["results.json"]
+    out = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert out["world_size"] == 2 and out["test_rows"] == 600 and out["epochs"] == 2
+    assert res.stdout.count("done:") == 1  # only rank 0 reports
