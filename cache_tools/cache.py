@@ -243,11 +243,13 @@ class FeatureCache:
 
     # -- writing partitions ---------------------------------------------------------
     def write_partition(self, p: int, *, features: Mapping[str, np.ndarray] | None = None,
-                        valid: np.ndarray | None = None, view_params: np.ndarray | None = None) -> None:
+                        valid: np.ndarray | None = None, view_params: np.ndarray | None = None,
+                        notes: Mapping[str, Any] | None = None) -> None:
         """Write one partition's rows, then one done marker per part written.
 
         ``valid`` (and ``view_params`` when the store records them) make up the index part;
-        each entry of ``features`` is one teacher's rows.
+        each entry of ``features`` is one teacher's rows. ``notes`` (plain values, such as
+        why rows are invalid) are kept in the index part's marker.
         """
         start, stop = self.partition_range(p)
         n = stop - start
@@ -270,7 +272,7 @@ class FeatureCache:
                 self._expect_shape("view_params", view_params, (n, self.views, len(self.view_param_names)))
                 self.store.write("views/params", start, view_params)
             markers[INDEX_PART] = {"checksum": _index_checksum(valid, view_params if has_params else None),
-                                   "invalid": int(n - valid.sum())}
+                                   "invalid": int(n - valid.sum()), "notes": dict(notes or {})}
         for name, values in features.items():
             info = self.teacher_info(name)
             values = np.asarray(values).astype(info["dtype"], copy=False)

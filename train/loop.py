@@ -19,7 +19,7 @@ from featcache.cache_tools.provenance import created_by
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .data import FeatureBank, Split, build_splits
-from .distributed import Dist, all_sum, barrier, pick_device, setup, teardown
+from featcache.cache_tools.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from .losses import AFT, RKD, FeatureKD, Method, PredictionKD
 from .probe import fit_linear_probe, probe_accuracy
 from .students import StudentSpec, build_student, count_parameters, feature_dim

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from featcache.train.distributed import Dist
+from featcache.cache_tools.distributed import Dist
 from featcache.train.loop import shard_rows
 
 

@@ -1,4 +1,4 @@
-"""torchrun support: process group, device, and the few collectives the loop needs."""
+"""torchrun support shared by both stages: process group, device, the few collectives used."""
 
 from __future__ import annotations
 

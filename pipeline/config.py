@@ -1,0 +1,83 @@
+"""The schema of an extraction run (TOML in configs/, ``--set`` overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_categories"] = "fashion_mnist"
+    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location)
+    path: str = ""  # manifest file (kind = "manifest")
+    split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
+    limit: int = 0  # first N rows only (0 = all)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    name: str = "effnet_lite0"  # name of the feature array in the store
+    kind: Literal["open_clip", "hf", "timm"] = "timm"
+    model: str = "efficientnet_lite0"  # architecture, hub id, or local directory
+    pretrained: str = ""  # open_clip tag or checkpoint file; timm checkpoint file ("" = random init)
+    model_config: str = ""  # open_clip: a custom model config JSON to register first
+    key_map: str = ""  # timm: rename checkpoint keys from another naming ("efficientnet_pytorch")
+    output: str = "default"  # open_clip: embed|pooled; hf: cls|mean|pooler|last_token; timm: pooled
+    normalize: bool = False  # L2-normalise each feature vector
+    layer: int = -1  # hf: hidden layer index (-1 = last)
+    image_size: int = 0  # 0 = the model's own
+    mean: tuple[float, ...] = ()  # () = the model's own
+    std: tuple[float, ...] = ()
+    interpolation: str = ""  # "" = the model's own (bilinear, bicubic)
+    crop_pct: float = 0.0  # 0 = the model's own
+    max_length: int = 256  # text teachers: tokens per input
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.name or self.name.startswith("_"):
+            errors.append("name: must be non-empty and not start with '_'")
+        if (len(self.mean) not in (0, 3)) or (len(self.std) not in (0, 3)):
+            errors.append("mean/std: give three values each, or none")
+        return errors
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    store: str = "stores/fashion_mnist/train.zarr"  # local path or fsspec URL (Zarr), or a .h5 file
+    backend: Literal["zarr", "hdf5", "auto"] = "auto"  # auto: .h5/.hdf5 means HDF5, otherwise Zarr
+    partition_rows: int = 4096  # rows per partition (power of two); a crash loses at most one per process
+    dtype: Literal["float16", "float32"] = "float16"
+    compressor: Literal["none", "lz4"] = "none"
+    overwrite: bool = False  # replace an existing store instead of resuming it
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    teachers: tuple[TeacherConfig, ...] = (TeacherConfig(),)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    views: int = 1  # 1 = eval view only; K > 1 adds K-1 recorded random crops + flips
+    view_scale_min: float = 0.35  # smallest crop area fraction of the random views
+    seed: int = 0  # view sampling (per row, so resume and torchrun give the same store)
+    batch_size: int = 64
+    decode_threads: int = 2
+    max_invalid_fraction: float = 0.05  # stop when more inputs than this fail to decode
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.teachers:
+            errors.append("teachers: name at least one teacher")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            errors.append(f"teachers: names must be unique (got {names})")
+        if self.views < 1:
+            errors.append("views: must be >= 1")
+        if not 0 < self.view_scale_min <= 1:
+            errors.append("view_scale_min: must be in (0, 1]")
+        if self.batch_size < 1:
+            errors.append("batch_size: must be >= 1")
+        if not 0 <= self.max_invalid_fraction <= 1:
+            errors.append("max_invalid_fraction: must be in [0, 1]")
+        return errors

@@ -1,0 +1,39 @@
+"""Teacher adapters, one module per family, behind the small ``Teacher`` protocol."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..config import TeacherConfig
+from .base import Teacher, TeacherError, best_device
+
+
+def _open_clip(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
+    from .open_clip import OpenClipTeacher
+    return OpenClipTeacher(cfg, device, modality)
+
+
+def _hf(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
+    from .hf import HFTeacher
+    return HFTeacher(cfg, device, modality)
+
+
+def _timm(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
+    if modality != "image":
+        raise TeacherError(f"teacher {cfg.name}: timm models take images, the source holds {modality}")
+    from .timm import TimmTeacher
+    return TimmTeacher(cfg, device)
+
+
+REGISTRY: dict[str, Callable[[TeacherConfig, torch.device, str], Teacher]] = {
+    "open_clip": _open_clip, "hf": _hf, "timm": _timm,
+}
+
+
+def build_teacher(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
+    return REGISTRY[cfg.kind](cfg, device, modality)
+
+
+__all__ = ["REGISTRY", "Teacher", "TeacherError", "best_device", "build_teacher"]
