@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
 from ..config import TeacherConfig
-from .base import Teacher, TeacherError, best_device
+from .base import Teacher, TeacherError, best_device, resolve_path
 
 
 def _open_clip(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
@@ -33,6 +34,9 @@ REGISTRY: dict[str, Callable[[TeacherConfig, torch.device, str], Teacher]] = {
 
 
 def build_teacher(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
+    """The adapter for ``cfg.kind``; ``pkg:`` paths point inside installed packages."""
+    cfg = dataclasses.replace(cfg, model=resolve_path(cfg.model), pretrained=resolve_path(cfg.pretrained),
+                              model_config=resolve_path(cfg.model_config))
     return REGISTRY[cfg.kind](cfg, device, modality)
 
 

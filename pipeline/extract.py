@@ -1,0 +1,268 @@
+"""featcache-extract's engine: read each input once, run every teacher, write partitions.
+
+Partitions are the unit of work and of crash safety: each is computed whole,
+written, then marked done. A rerun skips done partitions; under torchrun each
+rank takes every world-th partition of one Zarr store. View parameters are drawn
+from a generator seeded by (seed, row), so the store does not depend on how the
+work was split or resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch,
+                                   dataset_fingerprint)
+from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
+from featcache.cache_tools.locate import detect_backend
+from featcache.cache_tools.sources import KINDS, InputError, Source, head
+from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
+
+from .config import ExtractConfig, SourceConfig
+from .teachers import Teacher, best_device, build_teacher
+
+
+class ExtractError(CacheError):
+    """The run cannot go on (too many undecodable inputs, inputs changed under a resume)."""
+
+
+@dataclass
+class Summary:
+    path: str
+    rows: int
+    valid_rows: int
+    teachers: dict[str, int]
+    rows_done: int
+    seconds: float
+    size_bytes: int
+    complete: bool
+    invalid_log: str | None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_done / self.seconds if self.seconds > 0 else 0.0
+
+
+def open_source_config(cfg: SourceConfig) -> Source:
+    kw: dict[str, Any] = {}
+    if cfg.kind == "fashion_mnist":
+        kw = {"root": cfg.root or None, "split": cfg.split}
+    elif cfg.kind == "manifest":
+        if not cfg.path:
+            raise ValueError("source.path: a manifest source needs the manifest file")
+        kw = {"path": cfg.path, "root": cfg.root or None}
+    else:
+        if not cfg.root:
+            raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
+        kw = {"root": cfg.root}
+    source = KINDS[cfg.kind](**kw)
+    return head(source, cfg.limit) if cfg.limit else source
+
+
+def invalid_log_path(store: str) -> str:
+    if "://" in store:
+        return os.path.abspath(f"featcache-invalid-{os.path.basename(store.rstrip('/'))}.log")
+    return os.path.normpath(store) + ".invalid.log"
+
+
+# -- the store: create, or reopen and check it is the same extraction -----------------------
+def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], add_teacher: bool,
+                  dist_: Dist) -> FeatureCache:
+    out = cfg.output
+    backend = None if out.backend == "auto" else out.backend
+    if dist_.world > 1 and (backend or detect_backend(out.store)) == "hdf5":
+        raise ValueError("output.backend: HDF5 allows one writer; use Zarr under torchrun")
+    if dist_.is_main:
+        cache = _open_or_create(cfg, source, backend)
+        _check_or_add_teachers(cache, cfg, teachers, add_teacher)
+        cache.close()
+    barrier()
+    return FeatureCache.open(out.store, mode="r+", backend=backend)
+
+
+def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> FeatureCache:
+    out = cfg.output
+    fp = dataset_fingerprint(source.sample_ids, source.labels)
+    names = list(VIEW_PARAMS) if cfg.views > 1 else []
+    exists = "://" in out.store or os.path.exists(out.store)
+    if exists and not out.overwrite:
+        try:
+            cache = FeatureCache.open(out.store, mode="r+", backend=backend)
+        except CacheNotFoundError:
+            if "://" in out.store:
+                cache = None
+            elif not os.path.exists(os.path.join(out.store, "index")) and not out.store.endswith((".h5", ".hdf5")):
+                raise ValueError(f"{out.store}: exists and is not a featcache store; "
+                                 "choose another output.store") from None
+            else:
+                cache = None  # a creation cut off before its attributes: start again
+        if cache is not None:
+            if cache.dataset_fingerprint != fp:
+                raise FingerprintMismatch(
+                    f"{out.store}: holds another dataset (fingerprint {cache.dataset_fingerprint[:12]}, this "
+                    f"source {fp[:12]}); use another output.store, or output.overwrite = true")
+            if cache.views != cfg.views:
+                raise FingerprintMismatch(f"{out.store}: holds {cache.views} views per row, this config "
+                                          f"asks for {cfg.views}")
+            return cache
+    return FeatureCache.create(out.store, sample_ids=source.sample_ids, labels=source.labels, views=cfg.views,
+                               view_param_names=names, partition_rows=out.partition_rows, split=cfg.source.split,
+                               source=source.describe(), backend=backend, overwrite=True)
+
+
+def _check_or_add_teachers(cache: FeatureCache, cfg: ExtractConfig, teachers: list[Teacher],
+                           add_teacher: bool) -> None:
+    present = set(cache.teachers)
+    started = bool(present) and any(cache.done_partitions()[INDEX_PART])
+    new = [t.name for t in teachers if t.name not in present]
+    if new and started and not add_teacher:
+        raise FingerprintMismatch(
+            f"{cache.path}: holds teachers {sorted(present)}; this config adds {new}. Pass --add-teacher to "
+            "add them to this store, or use another output.store")
+    for t in teachers:  # same name, other model/preprocessing: FingerprintMismatch naming both
+        cache.add_teacher(t.name, t.dim, t.spec(), dtype=cfg.output.dtype, compressor=cfg.output.compressor)
+
+
+# -- one partition ------------------------------------------------------------------------
+def _decode(source: Source, i: int) -> tuple[Any, str | None]:
+    try:
+        return source.load(i), None
+    except InputError as exc:
+        return None, str(exc)
+
+
+def _view_params(cfg: ExtractConfig, row: int, raw: Any) -> np.ndarray:
+    params = np.tile(EVAL_VIEW, (cfg.views, 1))
+    if cfg.views > 1 and raw is not None:
+        rng = np.random.default_rng([cfg.seed, row])
+        for v in range(1, cfg.views):
+            params[v] = sample_view(rng, raw.size[0], raw.size[1], scale=(cfg.view_scale_min, 1.0))
+    return params
+
+
+def _decoded_batches(source: Source, start: int, stop: int, batch: int,
+                     pool: ThreadPoolExecutor) -> Iterator[tuple[int, list[tuple[Any, str | None]]]]:
+    """Decoded batches, the next one decoding while the caller runs the teachers."""
+    starts = list(range(start, stop, batch))
+    pending = None
+    for k, a in enumerate(starts):
+        if pending is None:
+            pending = pool.map(lambda i: _decode(source, i), range(a, min(a + batch, stop)))
+        current = list(pending)
+        pending = (pool.map(lambda i: _decode(source, i), range(starts[k + 1], min(starts[k + 1] + batch, stop)))
+                   if k + 1 < len(starts) else None)
+        yield a, current
+
+
+def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, teachers: list[Teacher], p: int,
+                      pool: ThreadPoolExecutor, bar: tqdm) -> int:
+    """Compute and write partition p for the teachers that lack it; return its invalid row count."""
+    a, b = cache.partition_range(p)
+    done = cache.done_partitions()
+    need = [t for t in teachers if p not in done[t.name]]
+    index_done = p in done[INDEX_PART]
+    k = cfg.views
+    valid = cache.valid[a:b].copy() if index_done else np.ones(b - a, bool)
+    params = (cache.view_params[a:b].copy() if index_done and k > 1 else
+              np.tile(EVAL_VIEW, (b - a, k, 1)))
+    feats = {t.name: np.zeros((b - a, k, t.dim) if k > 1 else (b - a, t.dim), np.float32) for t in need}
+    reasons: dict[str, str] = {}
+    for start, decoded in _decoded_batches(source, a, b, cfg.batch_size, pool):
+        ok_rows, items = [], []
+        for j, (raw, err) in enumerate(decoded):
+            r = start + j - a
+            if err is not None:
+                if index_done and valid[r]:
+                    raise ExtractError(f"{source.sample_ids[start + j]}: decoded before, fails now ({err}); "
+                                       "the inputs changed since this store was started")
+                valid[r] = False
+                reasons[source.sample_ids[start + j]] = err
+                continue
+            if not valid[r]:
+                continue
+            if not index_done:
+                params[r] = _view_params(cfg, start + j, raw)
+            ok_rows.append(r)
+            items.extend(apply_view(raw, params[r, v]) if v else raw for v in range(k))
+        for t in need:
+            if ok_rows:
+                out = t.encode(t.prepare(items)).numpy()
+                feats[t.name][ok_rows] = out.reshape(len(ok_rows), k, t.dim) if k > 1 else out
+        bar.update(len(decoded))
+    index = {} if index_done else {"valid": valid, **({"view_params": params} if k > 1 else {}),
+                                   "notes": {"invalid": reasons}}
+    cache.write_partition(p, features=feats, **index)
+    return 0 if index_done else int((~valid).sum())
+
+
+def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
+    lines = []
+    for key, doc in sorted(cache.store.markers().items()):
+        if key.startswith(f"{INDEX_PART}/"):
+            lines += [f"{sid}\t{why}" for sid, why in sorted(doc.get("notes", {}).get("invalid", {}).items())]
+    if not lines:
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    with open(path, "w") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+    return path
+
+
+def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary:
+    dist_ = setup()
+    try:
+        return _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None))
+    finally:
+        teardown()
+
+
+def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
+    source = open_source_config(cfg.source)
+    if source.modality == "text" and cfg.views > 1:
+        raise ValueError("views: recorded views are image crops; text sources take views = 1")
+    device = best_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_.local_rank)
+    teachers = [build_teacher(t, device, source.modality) for t in cfg.teachers]
+    log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: "
+        + ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) + f"; device {device}")
+    cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
+    missing = cache.missing_partitions()
+    todo = sorted({p for ps in missing.values() for p in ps})
+    mine = [p for p in todo if p % dist_.world == dist_.rank]
+    skipped = cache.num_partitions - len(todo)
+    if skipped:
+        log(f"resuming: {skipped} of {cache.num_partitions} partitions already done")
+    rows_mine = sum(cache.partition_range(p)[1] - cache.partition_range(p)[0] for p in mine)
+    limit = cfg.max_invalid_fraction * len(source)
+    invalid_so_far = sum(int(doc.get("invalid", 0)) for key, doc in cache.store.markers().items()
+                         if key.startswith(f"{INDEX_PART}/"))
+    t0 = time.time()
+    bar = tqdm(total=rows_mine, unit="rows", desc="extract", disable=None if dist_.is_main else True)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads)) as pool:
+        for p in mine:
+            invalid_so_far += extract_partition(cfg, cache, source, teachers, p, pool, bar)
+            if invalid_so_far > limit:
+                bar.close()
+                logged = _write_invalid_log(cache, invalid_log_path(cfg.output.store))
+                raise ExtractError(f"{invalid_so_far} inputs failed to decode, more than max_invalid_fraction="
+                                   f"{cfg.max_invalid_fraction} of {len(source)}; see {logged}")
+    bar.close()
+    seconds = time.time() - t0
+    barrier()
+    final = FeatureCache.open(cfg.output.store, backend=None if cfg.output.backend == "auto" else cfg.output.backend)
+    logged = _write_invalid_log(final, invalid_log_path(cfg.output.store)) if dist_.is_main else None
+    rows_done = int(all_sum(torch.tensor([rows_mine], dtype=torch.int64)).item())
+    summary = Summary(final.path, final.rows, int(final.valid.sum()), {t.name: t.dim for t in teachers},
+                      rows_done, seconds, final.store.size_on_disk(), final.is_complete, logged)
+    final.close()
+    return summary
