@@ -109,6 +109,10 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
                 raise FingerprintMismatch(
                     f"{out.store}: holds another dataset (fingerprint {cache.dataset_fingerprint[:12]}, this "
                     f"source {fp[:12]}); use another output.store, or output.overwrite = true")
+            if cache.source != source.describe():
+                raise FingerprintMismatch(
+                    f"{out.store}: was built from source {cache.source}, this config reads {source.describe()}; "
+                    "use another output.store, or output.overwrite = true")
             if cache.views != cfg.views:
                 raise FingerprintMismatch(f"{out.store}: holds {cache.views} views per row, this config "
                                           f"asks for {cfg.views}")
