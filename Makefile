@@ -3,19 +3,43 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test bench clean
+# Real datasets from Debian packages: Fashion-MNIST (the demo) and fortunes (text categories).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes
 
-setup: $(STAMP)
+STORES := stores/fashion_mnist
+.PHONY: setup data test extract train bench clean
+
+setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+data:
+	@if [ ! -f $(FASHION_MNIST) ] || [ ! -d $(FORTUNES) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist fortunes >/dev/null; \
+	  else echo "note: install Debian's dataset-fashion-mnist and fortunes for the demo and the data tests"; fi; \
+	fi
+
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Stage 1 on the demo config: the first 10,000 training images and the 10,000 test images.
+extract: setup
+	$(BIN)/featcache-extract configs/demo_vision.toml
+	$(BIN)/featcache-extract configs/demo_vision.toml --set source.split=test --set source.limit=0 \
+	  --set output.store=$(STORES)/test.zarr
+
+# Stage 2 on the demo config (AFT); needs the stores `make extract` writes.
+train: setup
+	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
+	$(BIN)/featcache-train configs/demo_train.toml
 
 bench: setup
 	$(BIN)/python benchmarks/bench_store.py
