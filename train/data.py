@@ -130,6 +130,9 @@ class FeatureBank:
         self.in_memory = nbytes <= max_ram_gb * GiB
         self.data = np.concatenate([cache.load(t) for t in self.teachers], -1) if self.in_memory else None
         self.chunk_rows = max(cache.chunk_rows(t) for t in self.teachers)
+        # streaming keeps about 4 blocks of chunks alive (in flight, concatenated, permuted): fit the budget
+        chunk_bytes = self.chunk_rows * nbytes / max(cache.rows, 1)
+        self.chunks_per_block = max(1, min(8, int(max_ram_gb * GiB / (4 * chunk_bytes))))
         self.shift = self.scale = None
         if standardize:
             self.shift, self.scale = self._block_stats(rows)
@@ -145,7 +148,8 @@ class FeatureBank:
         sq = np.zeros(self.dim, np.float64)
         count = 0
         for _, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, 4096,
-                                            rng=np.random.default_rng(0), rows=rows):
+                                            rng=np.random.default_rng(0), rows=rows,
+                                            chunks_per_block=self.chunks_per_block):
             f = feats.reshape(-1, self.dim).astype(np.float64)
             total += f.sum(0)
             sq += (f ** 2).sum(0)
@@ -181,7 +185,8 @@ class FeatureBank:
                 yield ids, self._finish(self.data[ids])
             return
         for ids, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, batch_size, rng=rng,
-                                              rows=rows, drop_last=drop_last):
+                                              rows=rows, drop_last=drop_last, chunks_per_block=self.chunks_per_block,
+                                              workers=min(4, self.chunks_per_block)):
             yield ids, self._finish(feats)
 
 

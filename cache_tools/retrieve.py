@@ -1,0 +1,163 @@
+"""Query-balanced retrieval of a transfer set from an unlabeled pool (Vemulapalli et al., ICML 2024).
+
+Every labeled row is a query. The pool streams through once, chunk by chunk, with a
+running top-m per query (cosine similarity of one teacher's features), so memory
+is O(queries x (m + partition rows)) whatever the pool size. Then each query
+claims its nearest unclaimed neighbours in rounds, one per round, until it has k
+(a pool row claimed by several queries counts once; the quota fills from the
+next neighbours), or the budget is spent. Pool rows that are queries themselves
+(same sample id) or exact duplicates of a labeled row (cosine >= 1 - 1e-6) are
+never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .cache import FeatureCache, require_complete
+
+DUPLICATE_COS = 1 - 1e-6
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TransferSet:
+    rows: np.ndarray  # chosen pool rows, ascending
+    query: np.ndarray  # the query row (in the labeled store) that claimed each chosen row
+    similarity: np.ndarray  # its cosine similarity to that query
+    short_queries: int  # queries that could not fill their quota
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32).reshape(len(x), -1) if x.ndim == 2 else x[:, 0].astype(np.float32)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def query_features(cache: FeatureCache, teacher: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm eval-view features of the valid labeled rows, and their row ids."""
+    rows = np.flatnonzero(cache.valid & (cache.labels >= 0))
+    if len(rows) == 0:
+        raise ValueError(f"{cache.path}: no valid labeled rows to use as queries")
+    return _unit(cache.take(teacher, rows)), rows
+
+
+def stream_topk(queries: np.ndarray, pool: FeatureCache, teacher: str, m: int, excluded_ids: set[str],
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, similarities), each (Q, m) sorted by similarity descending; -inf marks no candidate."""
+    q = len(queries)
+    best_s = np.full((q, 0), -np.inf, np.float32)
+    best_i = np.zeros((q, 0), np.int64)
+    ids = pool.sample_ids
+    valid = pool.valid
+    for p in range(pool.num_partitions):
+        a, b = pool.partition_range(p)
+        sims = queries @ _unit(pool.read(teacher, a, b)).T
+        bad = ~valid[a:b] | (sims.max(axis=0) >= DUPLICATE_COS)
+        if excluded_ids:
+            bad |= np.fromiter((s in excluded_ids for s in ids[a:b]), bool, b - a)
+        sims[:, bad] = -np.inf
+        cat_s = np.concatenate([best_s, sims], axis=1)
+        cat_i = np.concatenate([best_i, np.broadcast_to(np.arange(a, b), (q, b - a))], axis=1)
+        if cat_s.shape[1] > m:
+            keep = np.argpartition(-cat_s, m - 1, axis=1)[:, :m]
+            cat_s, cat_i = np.take_along_axis(cat_s, keep, 1), np.take_along_axis(cat_i, keep, 1)
+        best_s, best_i = cat_s, cat_i
+        if progress:
+            progress(p + 1, pool.num_partitions)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
+
+
+def assign_quota(idx: np.ndarray, sims: np.ndarray, k: int, budget: int | None = None) -> TransferSet:
+    """Round-robin claiming: in each round every unfilled query takes its nearest unclaimed candidate."""
+    q, m = idx.shape
+    pointer = np.zeros(q, np.int64)
+    counts = np.zeros(q, np.int64)
+    claimed: dict[int, tuple[int, float]] = {}
+    limit = budget if budget is not None else q * k
+    active = list(range(q))
+    while active and len(claimed) < limit:
+        still = []
+        for qi in active:
+            while pointer[qi] < m and (not np.isfinite(sims[qi, pointer[qi]]) or int(idx[qi, pointer[qi]]) in claimed):
+                pointer[qi] += 1
+            if pointer[qi] >= m:
+                continue
+            claimed[int(idx[qi, pointer[qi]])] = (qi, float(sims[qi, pointer[qi]]))
+            counts[qi] += 1
+            pointer[qi] += 1
+            if len(claimed) >= limit:
+                break
+            if counts[qi] < k:
+                still.append(qi)
+        active = still
+    rows = np.array(sorted(claimed), np.int64)
+    short = int(((counts < k) & (pointer >= m)).sum())
+    return TransferSet(rows, np.array([claimed[r][0] for r in rows], np.int64),
+                       np.array([claimed[r][1] for r in rows], np.float32), short)
+
+
+def retrieve(queries: FeatureCache, pool: FeatureCache, teacher: str, per_query: int, budget: int | None = None,
+             slack: int = 4, progress: Progress | None = None) -> TransferSet:
+    require_complete(pool)
+    qf, qrows = query_features(queries, teacher)
+    excluded = set(queries.sample_ids[qrows].tolist())
+    idx, sims = stream_topk(qf, pool, teacher, max(1, per_query * slack), excluded, progress)
+    chosen = assign_quota(idx, sims, per_query, budget)
+    chosen.query = qrows[chosen.query]  # from query index to the labeled store's row id
+    return chosen
+
+
+def random_transfer(queries: FeatureCache, pool: FeatureCache, size: int, seed: int = 0) -> TransferSet:
+    """The paper's control: the same number of pool rows, drawn uniformly (same exclusions)."""
+    excluded = set(queries.sample_ids[queries.valid & (queries.labels >= 0)].tolist())
+    eligible = np.array([i for i in np.flatnonzero(pool.valid) if pool.sample_ids[i] not in excluded], np.int64)
+    rows = np.sort(np.random.default_rng(seed).choice(eligible, size=min(size, len(eligible)), replace=False))
+    return TransferSet(rows, np.full(len(rows), -1, np.int64), np.full(len(rows), np.nan, np.float32), 0)
+
+
+def write_transfer_store(out: str, pool: FeatureCache, chosen: TransferSet, info: dict[str, Any],
+                         overwrite: bool = False, queries: FeatureCache | None = None) -> FeatureCache:
+    """A store of the chosen pool rows: pool sample ids and raw inputs (by reference), features copied."""
+    rows = chosen.rows
+    source = {"kind": "subset", "modality": pool.source.get("modality"), "classes": pool.source.get("classes", []),
+              "parent": pool.source, "rows": rows.tolist()}
+    dst = FeatureCache.create(out, sample_ids=pool.sample_ids[rows], labels=np.full(len(rows), -1),
+                              views=pool.views, view_param_names=pool.view_param_names,
+                              partition_rows=pool.partition_rows, split="transfer", source=source,
+                              overwrite=overwrite)
+    for name in pool.teachers:
+        t = pool.teacher_info(name)
+        dst.add_teacher(name, t["dim"], t["spec"], dtype=t["dtype"], compressor=t["compressor"],
+                        teacher_fingerprint=t["fingerprint"])
+    valid = pool.valid[rows]
+    params = pool.view_params[rows] if pool.view_param_names else None
+    for p in range(dst.num_partitions):
+        a, b = dst.partition_range(p)
+        feats = {name: pool.take(name, rows[a:b]) for name in pool.teachers}
+        extra = {"view_params": params[a:b]} if params is not None else {}
+        dst.write_partition(p, features=feats, valid=valid[a:b], **extra)
+    manifest = _manifest(pool, chosen, queries)
+    if "://" not in out:
+        with open(os.path.normpath(out) + ".manifest.jsonl", "w") as fh:
+            fh.writelines(json.dumps(line) + "\n" for line in manifest)
+    dst.store.set_attrs("", {"featcache": {**dst.meta, "retrieval": info}})
+    return FeatureCache(dst.store)
+
+
+def _manifest(pool: FeatureCache, chosen: TransferSet, queries: FeatureCache | None) -> list[dict[str, Any]]:
+    by_query: dict[int, list[int]] = {}
+    for i, q in enumerate(chosen.query.tolist()):
+        by_query.setdefault(q, []).append(i)
+    lines = []
+    for q, members in sorted(by_query.items()):
+        lines.append({"query_row": q, "query_id": None if queries is None or q < 0 else str(queries.sample_ids[q]),
+                      "pool_rows": chosen.rows[members].tolist(),
+                      "pool_ids": [str(s) for s in pool.sample_ids[chosen.rows[members]]],
+                      "similarities": [None if np.isnan(s) else round(float(s), 6) for s in chosen.similarity[members]]})
+    return lines
