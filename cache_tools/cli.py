@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from .cache import FeatureCache
@@ -70,12 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    bar = tqdm(desc="convert", unit="partition", disable=None, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = _progress_bar("convert")
     with convert(args.src, args.dst, backend=args.backend, compressor=args.compressor,
                  overwrite=args.overwrite, progress=progress) as dst:
         bar.close()
@@ -112,6 +108,51 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK if all_ok else EXIT_DATA
 
 
+def _progress_bar(desc: str):
+    bar = tqdm(desc=desc, unit="partition", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    return bar, progress
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    from .retrieve import labeled_subset, write_subset_store
+
+    with FeatureCache.open(args.store) as src:
+        rows = labeled_subset(src, args.labels_per_class, args.seed)
+        dst = write_subset_store(args.out, src, rows, keep_labels=True, split=src.split or "train",
+                                 extra={"subset_of": {"store": src.path, "dataset_fingerprint": src.dataset_fingerprint,
+                                                      "labels_per_class": args.labels_per_class, "seed": args.seed}},
+                                 overwrite=args.overwrite)
+        print(f"{dst.path}: {dst.rows} labeled rows ({args.labels_per_class} per class) of {src.path}")
+    return EXIT_OK
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from .retrieve import random_transfer, retrieve, write_transfer_store
+
+    with FeatureCache.open(args.queries) as queries, FeatureCache.open(args.pool) as pool:
+        for cache in (queries, pool):
+            cache.teacher_info(args.teacher)  # a missing teacher is named before any work
+        info = {"queries": queries.path, "queries_fingerprint": queries.dataset_fingerprint, "pool": pool.path,
+                "pool_fingerprint": pool.dataset_fingerprint, "teacher": args.teacher, "per_query": args.per_query,
+                "budget": args.budget, "random": args.random, "seed": args.seed}
+        bar, progress = _progress_bar("retrieve")
+        chosen = retrieve(queries, pool, args.teacher, args.per_query, args.budget, progress=progress)
+        bar.close()
+        if args.random:  # the control: as many rows as retrieval picks, drawn uniformly
+            chosen = random_transfer(queries, pool, len(chosen.rows), args.seed)
+        dst = write_transfer_store(args.out, pool, chosen, info, overwrite=args.overwrite, queries=queries)
+        sims = chosen.similarity[np.isfinite(chosen.similarity)]
+        mean = f", mean cosine {sims.mean():.3f}" if len(sims) else ""
+        print(f"{dst.path}: {dst.rows} transfer rows from {pool.rows} pool rows for "
+              f"{len(set(chosen.query.tolist()) - {-1}) or '-'} queries{mean}"
+              + (f"; {chosen.short_queries} queries short of their quota" if chosen.short_queries else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Inspect, verify, convert and list featcache stores.")
     add_debug_flag(parser)
@@ -130,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compressor", choices=["none", "lz4"], help="default: the source's")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("subset", help="a labeled subset (N per class) of a store, features copied")
+    p.add_argument("store")
+    p.add_argument("--labels-per-class", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_subset)
+    p = sub.add_parser("retrieve", help="query-balanced transfer set from an unlabeled pool")
+    p.add_argument("--queries", required=True, help="labeled store: every valid labeled row is a query")
+    p.add_argument("--pool", required=True, help="unlabeled pool store (its labels, if any, are hidden)")
+    p.add_argument("--teacher", required=True, help="whose features define the neighbours")
+    p.add_argument("--per-query", type=int, required=True, help="neighbours per query (k)")
+    p.add_argument("--budget", type=int, help="at most this many transfer rows in all")
+    p.add_argument("--random", action="store_true", help="the control: as many rows, drawn uniformly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_retrieve)
     p = sub.add_parser("ls", help="one line per store found under DIR")
     p.add_argument("dir")
     p.set_defaults(func=cmd_ls)

@@ -121,33 +121,49 @@ def random_transfer(queries: FeatureCache, pool: FeatureCache, size: int, seed: 
     return TransferSet(rows, np.full(len(rows), -1, np.int64), np.full(len(rows), np.nan, np.float32), 0)
 
 
-def write_transfer_store(out: str, pool: FeatureCache, chosen: TransferSet, info: dict[str, Any],
-                         overwrite: bool = False, queries: FeatureCache | None = None) -> FeatureCache:
-    """A store of the chosen pool rows: pool sample ids and raw inputs (by reference), features copied."""
-    rows = chosen.rows
-    source = {"kind": "subset", "modality": pool.source.get("modality"), "classes": pool.source.get("classes", []),
-              "parent": pool.source, "rows": rows.tolist()}
-    dst = FeatureCache.create(out, sample_ids=pool.sample_ids[rows], labels=np.full(len(rows), -1),
-                              views=pool.views, view_param_names=pool.view_param_names,
-                              partition_rows=pool.partition_rows, split="transfer", source=source,
-                              overwrite=overwrite)
-    for name in pool.teachers:
-        t = pool.teacher_info(name)
+def write_subset_store(out: str, src: FeatureCache, rows: np.ndarray, *, keep_labels: bool, split: str,
+                       extra: dict[str, Any] | None = None, overwrite: bool = False) -> FeatureCache:
+    """A store of some rows of ``src``: its sample ids and raw inputs (by reference), features copied."""
+    rows = np.asarray(rows, np.int64)
+    source = {"kind": "subset", "modality": src.source.get("modality"), "classes": src.source.get("classes", []),
+              "parent": src.source, "rows": rows.tolist(), **({"keep_labels": True} if keep_labels else {})}
+    labels = src.labels[rows] if keep_labels else np.full(len(rows), -1)
+    dst = FeatureCache.create(out, sample_ids=src.sample_ids[rows], labels=labels, views=src.views,
+                              view_param_names=src.view_param_names, partition_rows=src.partition_rows,
+                              split=split, source=source, overwrite=overwrite)
+    for name in src.teachers:
+        t = src.teacher_info(name)
         dst.add_teacher(name, t["dim"], t["spec"], dtype=t["dtype"], compressor=t["compressor"],
                         teacher_fingerprint=t["fingerprint"])
-    valid = pool.valid[rows]
-    params = pool.view_params[rows] if pool.view_param_names else None
+    valid = src.valid[rows]
+    params = src.view_params[rows] if src.view_param_names else None
     for p in range(dst.num_partitions):
         a, b = dst.partition_range(p)
-        feats = {name: pool.take(name, rows[a:b]) for name in pool.teachers}
-        extra = {"view_params": params[a:b]} if params is not None else {}
-        dst.write_partition(p, features=feats, valid=valid[a:b], **extra)
-    manifest = _manifest(pool, chosen, queries)
+        feats = {name: src.take(name, rows[a:b]) for name in src.teachers}
+        more = {"view_params": params[a:b]} if params is not None else {}
+        dst.write_partition(p, features=feats, valid=valid[a:b], **more)
+    if extra:
+        dst.store.set_attrs("", {"featcache": {**dst.meta, **extra}})
+    return FeatureCache(dst.store)
+
+
+def labeled_subset(src: FeatureCache, per_class: int, seed: int = 0) -> np.ndarray:
+    """``per_class`` valid labeled rows of each class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(src.valid & (src.labels >= 0))
+    perm = rng.permutation(rows)
+    return np.sort(np.concatenate([perm[src.labels[perm] == c][:per_class] for c in np.unique(src.labels[rows])]))
+
+
+def write_transfer_store(out: str, pool: FeatureCache, chosen: TransferSet, info: dict[str, Any],
+                         overwrite: bool = False, queries: FeatureCache | None = None) -> FeatureCache:
+    """The transfer set as a store (labels hidden) plus ``OUT.manifest.jsonl`` (query -> rows, similarity)."""
+    dst = write_subset_store(out, pool, chosen.rows, keep_labels=False, split="transfer",
+                             extra={"retrieval": info}, overwrite=overwrite)
     if "://" not in out:
         with open(os.path.normpath(out) + ".manifest.jsonl", "w") as fh:
-            fh.writelines(json.dumps(line) + "\n" for line in manifest)
-    dst.store.set_attrs("", {"featcache": {**dst.meta, "retrieval": info}})
-    return FeatureCache(dst.store)
+            fh.writelines(json.dumps(line) + "\n" for line in _manifest(pool, chosen, queries))
+    return dst
 
 
 def _manifest(pool: FeatureCache, chosen: TransferSet, queries: FeatureCache | None) -> list[dict[str, Any]]:

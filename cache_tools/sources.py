@@ -224,14 +224,16 @@ def text_categories(root: str) -> Source:
                   {"root": os.path.abspath(root)}, lambda i: _check_text(texts[i], ids[i]))
 
 
-def subset(parent: dict[str, Any], rows: list[int], root: str | None = None) -> Source:
-    """Some rows of another source, unlabeled: a transfer set retrieved from a pool."""
+def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, keep_labels: bool = False) -> Source:
+    """Some rows of another source: a labeled subset, or (labels hidden) a transfer set from a pool."""
     base = open_source(parent, root)
     idx = np.asarray(rows, dtype=np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(base)):
         raise SourceError(f"subset rows out of range for a source of {len(base)} rows")
-    return Source("subset", base.modality, [base.sample_ids[i] for i in idx], np.full(len(idx), -1, np.int64),
-                  base.classes, {"parent": parent, "rows": idx.tolist()}, lambda i: base.load(int(idx[i])))
+    labels = base.labels[idx] if keep_labels else np.full(len(idx), -1, np.int64)
+    params = {"parent": parent, "rows": idx.tolist(), **({"keep_labels": True} if keep_labels else {})}
+    return Source("subset", base.modality, [base.sample_ids[i] for i in idx], labels, base.classes, params,
+                  lambda i: base.load(int(idx[i])))
 
 
 KINDS: dict[str, Callable[..., Source]] = {
@@ -252,7 +254,7 @@ def open_source(description: dict[str, Any], root: str | None = None) -> Source:
     if root:
         desc["root"] = root
     if kind == "subset":
-        return subset(desc["parent"], desc["rows"], root)
+        return subset(desc["parent"], desc["rows"], root, bool(desc.get("keep_labels", False)))
     if kind == "manifest" and root:
         desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
     try:

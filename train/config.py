@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred"]
+Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
+UNLABELED_METHODS = ("distill_logits", "distill_features")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class MethodConfig:
     kd_beta: float = 1.0  # kd_feat MSE weight
     rkd_distance: float = 25.0
     rkd_angle: float = 50.0
-    temperature: float = 4.0  # kd_pred
+    temperature: float = 4.0  # kd_pred, distill_logits
     alpha: float = 0.5  # kd_pred: weight of the KL term, 1 - alpha on cross-entropy
 
     def validate(self) -> list[str]:

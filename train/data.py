@@ -202,11 +202,17 @@ class Split:
         return self.cache.labels[self.rows]
 
 
-def build_splits(cfg: DataConfig, student: StudentConfig) -> tuple[dict[str, Split], int]:
-    """train / val / test splits and the number of classes."""
+def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = False) -> tuple[dict[str, Split], int]:
+    """train / val / test splits and the number of classes.
+
+    ``unlabeled``: train on every valid row of the store, labels or not (distillation on a
+    transfer set); val and test then come from their own stores (val may be empty).
+    """
     rng = np.random.default_rng(cfg.split_seed)
     cache, source = open_split_store(cfg.store, cfg.data_root)
     inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
+    if unlabeled:
+        return _unlabeled_splits(cfg, student, cache, inputs)
     train_rows = usable_rows(cache)
     if len(train_rows) == 0:
         raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
@@ -228,3 +234,18 @@ def build_splits(cfg: DataConfig, student: StudentConfig) -> tuple[dict[str, Spl
     classes = source.classes or []
     num_classes = max(len(classes), int(cache.labels.max()) + 1)
     return splits, num_classes
+
+
+def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
+                      inputs: Inputs) -> tuple[dict[str, Split], int]:
+    if not cfg.test_store:
+        raise ValueError("data.test_store: training on unlabeled rows needs a labeled test store")
+    splits = {"train": Split("train", cache, inputs, np.flatnonzero(cache.valid))}
+    for name, path in (("test", cfg.test_store), ("val", cfg.val_store or "")):
+        if path:
+            c, s = open_split_store(path, cfg.data_root)
+            splits[name] = Split(name, c, Inputs(s, student, cfg.tokenizer, cfg.decode_threads), usable_rows(c))
+        else:
+            splits[name] = Split(name, splits["test"].cache, splits["test"].inputs, np.empty(0, np.int64))
+    classes = splits["test"].cache.source.get("classes") or []
+    return splits, max(len(classes), int(splits["test"].cache.labels.max()) + 1)

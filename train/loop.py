@@ -17,10 +17,10 @@ from featcache.cache_tools.config import load_config, to_dict
 from featcache.cache_tools.provenance import created_by
 
 from . import checkpoint as ckpt_io
-from .config import TrainConfig
+from .config import UNLABELED_METHODS, TrainConfig
 from .data import FeatureBank, Split, build_splits
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
-from .losses import AFT, RKD, FeatureKD, Method, PredictionKD
+from .losses import AFT, RKD, FeatureDistill, FeatureKD, LogitDistill, Method, PredictionKD
 from .probe import fit_linear_probe, probe_accuracy
 from .students import StudentSpec, build_student, count_parameters, feature_dim
 
@@ -50,6 +50,10 @@ def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Sp
         return FeatureKD(d_h, bank.dim, beta=m.kd_beta)
     if m.name == "rkd":
         return RKD(m.rkd_distance, m.rkd_angle)
+    if m.name == "distill_logits":
+        return LogitDistill(m.temperature)
+    if m.name == "distill_features":
+        return FeatureDistill(d_h, bank.dim, beta=m.kd_beta)
     path = os.path.join(out_dir, "probe.pt")
     if os.path.exists(path):
         probe = nn.Linear(bank.dim, num_classes)
@@ -115,6 +119,8 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
 @torch.no_grad()
 def evaluate(learner: Learner, split: Split, num_classes: int, device: torch.device, dist_: Dist,
              batch_size: int = 256) -> dict[str, Any]:
+    if len(split.rows) == 0:
+        return {"accuracy": None, "loss": None, "per_class_accuracy": [], "rows": 0}
     learner.eval()
     rows = shard_rows(split.rows, dist_)
     correct = torch.zeros(num_classes, dtype=torch.float64)
@@ -170,7 +176,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = pick_device(dist_.local_rank)
-    splits, num_classes = build_splits(cfg.data, cfg.student)
+    splits, num_classes = build_splits(cfg.data, cfg.student, unlabeled=cfg.method.name in UNLABELED_METHODS)
     train = splits["train"]
     needs_features = cfg.method.name != "stl"
     bank = FeatureBank(train.cache, cfg.data.teachers, train.rows, cfg.data.max_ram_gb,
@@ -242,8 +248,9 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
                   "val_loss": val["loss"], "lr": scheduler.get_last_lr()[0], "epoch_seconds": secs,
                   "rows_per_second": rows_done * dist_.world / secs}
         history.append(record)
+        val_text = "-" if val["accuracy"] is None else f"{val['accuracy']:.4f}"
         log(f"epoch {epoch + 1}/{cfg.optim.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
-            + f"  val_acc {val['accuracy']:.4f}  {record['rows_per_second']:.0f} rows/s")
+            + f"  val_acc {val_text}  {record['rows_per_second']:.0f} rows/s")
         if dist_.is_main:
             ckpt_io.save_atomic({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
@@ -255,6 +262,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     results = _results(cfg, splits, bank, history, test, count_parameters(student), time.time() - t_start, dist_,
                        str(device))
     if dist_.is_main:
+        torch.save({"model": student.state_dict()}, os.path.join(cfg.out_dir, "student.pt"))
         ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results)
         ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
     log(f"done: {cfg.method.name} test accuracy {test['accuracy']:.4f} on {test['rows']} rows "

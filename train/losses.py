@@ -62,6 +62,7 @@ class Method(nn.Module):
 
     name = "stl"
     needs_features = False
+    needs_labels = True
 
     def forward(self, logits: torch.Tensor, h: torch.Tensor, phi: torch.Tensor | None,
                 y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -144,3 +145,30 @@ def soft_target_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
     target = F.softmax(teacher_logits.float() / temperature, dim=1)
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
     return temperature ** 2 * F.kl_div(log_p, target, reduction="batchmean")
+
+
+class LogitDistill(Method):
+    """Match a teacher's task logits (cached as features) on unlabeled rows: TOKT's step 2."""
+
+    name = "distill_logits"
+    needs_features = True
+    needs_labels = False
+
+    def __init__(self, temperature: float = 2.0) -> None:
+        super().__init__()
+        self.t = temperature
+
+    def forward(self, logits, h, phi, y):
+        if phi.shape[1] != logits.shape[1]:
+            raise ValueError(f"teacher logits have {phi.shape[1]} classes, the student {logits.shape[1]}")
+        return {"kd": soft_target_kl(logits, phi, self.t)}
+
+
+class FeatureDistill(FeatureKD):
+    """Task-agnostic transfer: match the teacher's features (linear map, MSE) on unlabeled rows."""
+
+    name = "distill_features"
+    needs_labels = False
+
+    def forward(self, logits, h, phi, y):
+        return {"kd_feat": self.beta * F.mse_loss(self.proj(h.float()), phi.float())}

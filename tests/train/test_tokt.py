@@ -1,0 +1,77 @@
+"""The three TOKT steps end to end on tiny data, through the commands a user runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from featcache.cache_tools import FeatureCache
+
+
+def _cache_cli(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "featcache-cache")
+    res = subprocess.run([exe, *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_subset_retrieve_tokt_and_compare(synth, tmp_path):
+    pool, test = synth
+    labeled = str(tmp_path / "labeled.zarr")
+    out = _cache_cli("subset", pool, "--labels-per-class", "10", "--out", labeled)
+    assert "40 labeled rows" in out
+    transfer, rand = str(tmp_path / "transfer.zarr"), str(tmp_path / "random.zarr")
+    out = _cache_cli("retrieve", "--queries", labeled, "--pool", pool, "--teacher", "oracle", "--per-query", "8",
+                     "--out", transfer)
+    assert "320 transfer rows" in out
+    _cache_cli("retrieve", "--queries", labeled, "--pool", pool, "--teacher", "oracle", "--per-query", "8",
+               "--random", "--out", rand)
+    lab, tr = FeatureCache.open(labeled), FeatureCache.open(transfer)
+    assert not set(lab.sample_ids) & set(tr.sample_ids)  # queries never in their own transfer set
+    assert (tr.labels == -1).all() and tr.split == "transfer"
+    # retrieved rows share their query's class far more often than chance (1/4): the oracle teacher knows it
+    src_labels = FeatureCache.open(pool).labels
+    manifest = [json.loads(x) for x in open(transfer + ".manifest.jsonl")]
+    lab_ids = list(lab.sample_ids)
+    agree = np.mean([src_labels[r] == lab.labels[lab_ids.index(m["query_id"])]
+                     for m in manifest for r in m["pool_rows"]])
+    assert agree > 0.6, agree
+
+    cfg = tmp_path / "tokt.toml"
+    cfg.write_text(f"""
+out_dir = {str(tmp_path / 'runs')!r}
+[data]
+store = {labeled!r}
+test_store = {test!r}
+val_fraction = 0.2
+[student]
+image_size = 28
+width = 32
+[optim]
+epochs = 3
+batch_size = 16
+[tokt]
+teacher = "oracle"
+transfer_store = {transfer!r}
+random_transfer_store = {rand!r}
+pretrain_epochs = 2
+seeds = [0]
+""")
+    exe = os.path.join(os.path.dirname(sys.executable), "featcache-train")
+    res = subprocess.run([exe, "tokt", str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "tokt: test accuracy" in res.stdout
+    for step in ("pretrain", "finetune"):
+        assert os.path.exists(tmp_path / "runs" / step / "results.json")
+    assert os.path.exists(tmp_path / "runs" / "head.pt")
+    tr = FeatureCache.open(transfer)
+    logits = [t for t in tr.teachers if t.startswith("oracle.logits_")]
+    assert len(logits) == 1 and tr.teacher_info(logits[0])["dim"] == 10 and tr.is_complete
+    res = subprocess.run([exe, "compare", str(cfg), "--set", f"out_dir={str(tmp_path / 'cmp')!r}"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = json.loads((tmp_path / "cmp" / "compare.json").read_text())["table"]
+    assert set(table) == {"stl", "aft", "task_agnostic", "tokt_random", "tokt"}
+    assert "| tokt |" in (tmp_path / "cmp" / "compare.md").read_text()

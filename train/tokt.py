@@ -1,0 +1,160 @@
+"""Task-oriented knowledge transfer (Vemulapalli et al., ICML 2024) on top of the cache.
+
+1. Fit a task head on the teacher: a linear probe on the cached features of the
+   labeled rows (no teacher is loaded).
+2. Cache the head's logits on the transfer set as an output of that teacher, then
+   train the student to match them (KL, temperature T) on the unlabeled rows.
+3. Fine-tune the student on the labeled rows with any stage-2 method.
+
+The paper's baseline, task-agnostic transfer, replaces step 2 by matching the
+teacher's features on the same transfer set; a random transfer set of the same
+size is the control for retrieval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from featcache.cache_tools import FeatureCache
+
+from featcache.cache_tools.config import load_config, to_dict
+
+from .checkpoint import write_json_atomic
+from .config import Method, TrainConfig
+from .data import FeatureBank, build_splits
+from .loop import run
+from .probe import fit_linear_probe, probe_accuracy
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ToktOptions:
+    teacher: str = "effnet_lite0"  # whose features make the head and the retrieval
+    transfer_store: str = "stores/fashion_mnist/transfer.zarr"  # retrieved (featcache-cache retrieve)
+    random_transfer_store: str = "stores/fashion_mnist/transfer_random.zarr"  # same size, random (--random)
+    temperature: float = 2.0
+    pretrain_epochs: int = 10
+    finetune_method: Method = "stl"
+    head_l2: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1, 2)  # compare: one run per seed and method
+    methods: tuple[str, ...] = ("stl", "aft", "task_agnostic", "tokt_random", "tokt")  # compare
+
+
+@dataclass(frozen=True)
+class ToktConfig(TrainConfig):
+    tokt: ToktOptions = field(default_factory=ToktOptions)
+
+
+def train_config(cfg: ToktConfig, **changes: Any) -> TrainConfig:
+    """A plain TrainConfig from the shared sections, with nested changes like data={"store": ...}."""
+    base = to_dict(cfg)
+    base.pop("tokt")
+    for key, value in changes.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+    return load_config(TrainConfig, data=base)
+
+
+def fit_task_head(cfg: ToktConfig, out_dir: str, log: Log) -> tuple[torch.nn.Linear, str]:
+    """Step 1: the teacher's task head, from the cached features of the labeled training rows."""
+    splits, num_classes = build_splits(cfg.data, cfg.student)
+    train = splits["train"]
+    bank = FeatureBank(train.cache, (cfg.tokt.teacher,), train.rows, cfg.data.max_ram_gb)
+    feats = bank.take(train.rows)
+    feats = feats[:, 0] if bank.views > 1 else feats
+    head = fit_linear_probe(feats, train.labels, num_classes, l2=cfg.tokt.head_l2, seed=0)
+    val = splits["val"]
+    if len(val.rows):
+        vf = FeatureBank(val.cache, (cfg.tokt.teacher,), val.rows, cfg.data.max_ram_gb).take(val.rows)
+        log(f"task head on {cfg.tokt.teacher}: val accuracy {probe_accuracy(head, vf[:, 0] if vf.ndim == 3 else vf, val.labels):.4f}")
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(state, os.path.join(out_dir, "head.pt"))
+    return head, digest
+
+
+def cache_task_logits(transfer_store: str, teacher: str, head: torch.nn.Linear, head_sha: str) -> str:
+    """Step 2a: the head's logits on the transfer set, stored as an output of the teacher."""
+    cache = FeatureCache.open(transfer_store, mode="r+")
+    name = f"{teacher}.logits_{head_sha[:10]}"
+    parent = cache.teacher_info(teacher)
+    spec = {"derived_from": parent["fingerprint"], "output": "task logits of a linear head",
+            "head_sha256": head_sha, "classes": head.out_features}
+    cache.add_teacher(name, head.out_features, spec, dtype="float32")
+    todo = cache.missing_partitions().get(name, [])
+    for p in todo:
+        a, b = cache.partition_range(p)
+        feats = torch.as_tensor(cache.read(teacher, a, b), dtype=torch.float32)
+        with torch.no_grad():
+            logits = head(feats).numpy()
+        cache.write_partition(p, features={name: logits})
+    cache.close()
+    return name
+
+
+def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | None = None,
+             features_only: bool = False, log: Log = print) -> dict[str, Any]:
+    """The three steps; ``features_only`` gives the task-agnostic baseline (step 2 on features)."""
+    out = out_dir or cfg.out_dir
+    transfer = transfer_store or cfg.tokt.transfer_store
+    if features_only:
+        teachers, method = (cfg.tokt.teacher,), {"name": "distill_features"}
+    else:
+        head, sha = fit_task_head(cfg, out, log)
+        teachers = (cache_task_logits(transfer, cfg.tokt.teacher, head, sha),)
+        method = {"name": "distill_logits", "temperature": cfg.tokt.temperature}
+    pre = train_config(cfg, out_dir=os.path.join(out, "pretrain"),
+                       data={"store": transfer, "teachers": teachers, "label_budget": 0, "val_store": "",
+                             "standardize_teachers": False},
+                       student={"checkpoint": ""}, method=method, optim={"epochs": cfg.tokt.pretrain_epochs})
+    log(f"step 2: {method['name']} on {transfer}")
+    pre_res = run(pre, log=log)
+    fine = train_config(cfg, out_dir=os.path.join(out, "finetune"), method={"name": cfg.tokt.finetune_method},
+                        student={"checkpoint": os.path.join(pre.out_dir, "student.pt")})
+    log(f"step 3: fine-tune with {cfg.tokt.finetune_method} on {cfg.data.store}")
+    res = run(fine, log=log)
+    summary = {**res, "variant": "task_agnostic" if features_only else "tokt", "transfer_store": transfer,
+               "pretrain_test_accuracy": pre_res["test_accuracy"], "tokt": to_dict(cfg)["tokt"]}
+    write_json_atomic(os.path.join(out, "results.json"), summary)
+    return summary
+
+
+def run_variant(cfg: ToktConfig, variant: str, seed: int, out: str, log: Log) -> dict[str, Any]:
+    """One cell of the comparison table."""
+    seeded = dataclasses.replace(cfg, seed=seed)
+    if variant == "tokt":
+        return run_tokt(seeded, out, log=log)
+    if variant == "tokt_random":
+        return run_tokt(seeded, out, transfer_store=cfg.tokt.random_transfer_store, log=log)
+    if variant == "task_agnostic":
+        return run_tokt(seeded, out, features_only=True, log=log)
+    return run(train_config(seeded, out_dir=out, method={"name": variant}), log=log)
+
+
+def compare(cfg: ToktConfig, log: Log = print) -> dict[str, Any]:
+    """Every method x seed on the same cache; a table of test accuracy (mean and std)."""
+    rows: dict[str, list[float]] = {}
+    for variant in cfg.tokt.methods:
+        for seed in cfg.tokt.seeds:
+            res = run_variant(cfg, variant, seed, os.path.join(cfg.out_dir, variant, f"seed{seed}"),
+                              log=lambda _m: None)
+            rows.setdefault(variant, []).append(res["test_accuracy"])
+            log(f"{variant:<14} seed {seed}: test accuracy {res['test_accuracy']:.4f}")
+    table = {v: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a} for v, a in rows.items()}
+    lines = ["| method | test accuracy (mean ± std) | runs |", "|---|---|---|"]
+    lines += [f"| {v} | {t['mean']:.4f} ± {t['std']:.4f} | {', '.join(f'{x:.4f}' for x in t['runs'])} |"
+              for v, t in table.items()]
+    result = {"table": table, "seeds": list(cfg.tokt.seeds), "config": to_dict(cfg), "markdown": "\n".join(lines)}
+    write_json_atomic(os.path.join(cfg.out_dir, "compare.json"), result)
+    with open(os.path.join(cfg.out_dir, "compare.md"), "w") as fh:
+        fh.write(result["markdown"] + "\n")
+    log(result["markdown"])
+    return result
