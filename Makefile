@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes
 
 STORES := stores/fashion_mnist
-.PHONY: setup data test extract train bench clean
+.PHONY: setup data test extract train tokt bench clean
 
 setup: $(STAMP) data
 
@@ -41,8 +41,21 @@ train: setup
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
 	$(BIN)/featcache-train configs/demo_train.toml
 
+# Task-oriented transfer: labeled queries, retrieved and random transfer sets, then the comparison.
+tokt: setup
+	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
+	$(BIN)/featcache-cache subset $(STORES)/train.zarr --labels-per-class 10 --out $(STORES)/labeled10.zarr --overwrite
+	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/train.zarr \
+	  --teacher effnet_lite0 --per-query 20 --out $(STORES)/transfer.zarr --overwrite
+	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/train.zarr \
+	  --teacher effnet_lite0 --per-query 20 --random --out $(STORES)/transfer_random.zarr --overwrite
+	$(BIN)/featcache-train compare configs/demo_tokt.toml
+
 bench: setup
 	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_retrieve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from featcache.cache_tools import FeatureCache, FingerprintMismatch, dataset_fingerprint, require_complete
+from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.cache_tools.sources import Source, open_source
 from featcache.cache_tools.views import apply_view
@@ -94,6 +95,7 @@ def load_tokenizer(path: str):
         return None
     from tokenizers import Tokenizer
 
+    path = resolve_path(path)
     file = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path}: no tokenizer.json (a Hugging Face fast tokenizer directory)")

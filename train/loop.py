@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -271,7 +272,6 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    import json
     return json.dumps(record, sort_keys=True) + "\n"
 
 

@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 
 from ..config import TeacherConfig
-from .base import Teacher, TeacherError, best_device, resolve_path
+from featcache.cache_tools.paths import resolve_path
+
+from .base import Teacher, TeacherError, best_device
 
 
 def _open_clip(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from importlib import metadata
 from typing import Any, Protocol
 
@@ -34,22 +33,6 @@ class Teacher(Protocol):
 
 class TeacherError(ValueError):
     """A teacher that cannot be built as configured (unknown model, bad checkpoint, bad option)."""
-
-
-def resolve_path(ref: str) -> str:
-    """``pkg:package/relative/path`` -> a file or folder shipped inside an installed package."""
-    if not ref.startswith("pkg:"):
-        return ref
-    package, _, rel = ref[4:].partition("/")
-    try:
-        from importlib import resources
-        base = resources.files(package)
-    except ModuleNotFoundError as exc:
-        raise TeacherError(f"{ref}: package {package!r} is not installed") from exc
-    path = str(base.joinpath(rel))
-    if not os.path.exists(path):
-        raise TeacherError(f"{ref}: {path} does not exist")
-    return path
 
 
 def library_version(dist: str) -> str:

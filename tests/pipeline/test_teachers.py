@@ -65,7 +65,7 @@ def test_minilm_package_matches_sentence_transformers():
     texts = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply."]
     t = build_teacher(TeacherConfig(name="minilm", kind="hf", model=MINILM, normalize=True), CPU, "text")
     ours = t.encode(t.prepare(texts)).numpy()
-    from featcache.pipeline.teachers.base import resolve_path
+    from featcache.cache_tools.paths import resolve_path
     ref = SentenceTransformer(resolve_path(MINILM), device="cpu").encode(texts, normalize_embeddings=True)
     assert t.dim == 384 and np.allclose(ours, ref, atol=1e-4)
     assert ours[0] @ ours[1] > ours[0] @ ours[2] + 0.3  # related sentences are closer
