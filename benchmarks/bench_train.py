@@ -87,7 +87,7 @@ def online_epoch_seconds(store: str, rows: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(ids) - 63, 64):
         b = ids[i:i + 64]
-        phi = teacher.encode(teacher.prepare([src.load(int(j)) for j in b]))
+        phi = teacher.encode(teacher.prepare([src.load(int(j)) for j in b])).clone()  # out of inference mode
         _, parts = learner(inputs.batch(b), phi, torch.from_numpy(cache.labels[b]))
         opt.zero_grad()
         sum(parts.values()).backward()

@@ -130,6 +130,18 @@ def cmd_subset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _describe_choice(chosen, queries: FeatureCache, pool: FeatureCache) -> str:
+    if (chosen.query < 0).all():
+        return "drawn uniformly (random control)"
+    text = f"{len(set(chosen.query.tolist()))} queries, mean cosine {float(np.mean(chosen.similarity)):.3f}"
+    hidden = pool.labels[chosen.rows]
+    if (hidden >= 0).all():  # the pool's labels are hidden from training, but they measure the retrieval
+        text += f", {float(np.mean(hidden == queries.labels[chosen.query])):.1%} share their query's class"
+    if chosen.short_queries:
+        text += f"; {chosen.short_queries} queries short of their quota"
+    return text
+
+
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from .retrieve import random_transfer, retrieve, write_transfer_store
 
@@ -145,11 +157,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         if args.random:  # the control: as many rows as retrieval picks, drawn uniformly
             chosen = random_transfer(queries, pool, len(chosen.rows), args.seed)
         dst = write_transfer_store(args.out, pool, chosen, info, overwrite=args.overwrite, queries=queries)
-        sims = chosen.similarity[np.isfinite(chosen.similarity)]
-        mean = f", mean cosine {sims.mean():.3f}" if len(sims) else ""
-        print(f"{dst.path}: {dst.rows} transfer rows from {pool.rows} pool rows for "
-              f"{len(set(chosen.query.tolist()) - {-1}) or '-'} queries{mean}"
-              + (f"; {chosen.short_queries} queries short of their quota" if chosen.short_queries else ""))
+        print(f"{dst.path}: {dst.rows} transfer rows from {pool.rows} pool rows; {_describe_choice(chosen, queries, pool)}")
     return EXIT_OK
 
 

@@ -46,9 +46,21 @@ def query_features(cache: FeatureCache, teacher: str) -> tuple[np.ndarray, np.nd
     return _unit(cache.take(teacher, rows)), rows
 
 
+def _top_m(sims: np.ndarray, m: int) -> np.ndarray:
+    """Column indices of the m largest values of each row (unordered)."""
+    n = sims.shape[1]
+    if n <= m:
+        return np.broadcast_to(np.arange(n), sims.shape).copy()
+    return np.argpartition(sims, n - m, axis=1)[:, n - m:]
+
+
 def stream_topk(queries: np.ndarray, pool: FeatureCache, teacher: str, m: int, excluded_ids: set[str],
                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, similarities), each (Q, m) sorted by similarity descending; -inf marks no candidate."""
+    """(indices, similarities), each (Q, m) sorted by similarity descending; -inf marks no candidate.
+
+    Per partition: one matmul, the block's own top-m, then a merge with the running top-m
+    (Q x 2m), so nothing larger than Q x partition rows is ever held.
+    """
     q = len(queries)
     best_s = np.full((q, 0), -np.inf, np.float32)
     best_i = np.zeros((q, 0), np.int64)
@@ -57,16 +69,20 @@ def stream_topk(queries: np.ndarray, pool: FeatureCache, teacher: str, m: int, e
     for p in range(pool.num_partitions):
         a, b = pool.partition_range(p)
         sims = queries @ _unit(pool.read(teacher, a, b)).T
-        bad = ~valid[a:b] | (sims.max(axis=0) >= DUPLICATE_COS)
+        bad = ~valid[a:b]
         if excluded_ids:
             bad |= np.fromiter((s in excluded_ids for s in ids[a:b]), bool, b - a)
         sims[:, bad] = -np.inf
-        cat_s = np.concatenate([best_s, sims], axis=1)
-        cat_i = np.concatenate([best_i, np.broadcast_to(np.arange(a, b), (q, b - a))], axis=1)
-        if cat_s.shape[1] > m:
-            keep = np.argpartition(-cat_s, m - 1, axis=1)[:, :m]
-            cat_s, cat_i = np.take_along_axis(cat_s, keep, 1), np.take_along_axis(cat_i, keep, 1)
-        best_s, best_i = cat_s, cat_i
+        top = _top_m(sims, m)
+        top_s = np.take_along_axis(sims, top, 1)
+        # an exact duplicate of some labeled row is in that row's top-m: drop it for every query
+        dup = np.unique(top[top_s >= DUPLICATE_COS])
+        if len(dup):
+            top_s[np.isin(top, dup)] = -np.inf
+        cat_s = np.concatenate([best_s, top_s], axis=1)
+        cat_i = np.concatenate([best_i, top + a], axis=1)
+        keep = _top_m(cat_s, m)
+        best_s, best_i = np.take_along_axis(cat_s, keep, 1), np.take_along_axis(cat_i, keep, 1)
         if progress:
             progress(p + 1, pool.num_partitions)
     order = np.argsort(-best_s, axis=1, kind="stable")

@@ -179,12 +179,27 @@ def default_fashion_mnist_root() -> str | None:
     return None
 
 
-def fashion_mnist(root: str | None = None, split: str = "train") -> Source:
+def _download_fashion_mnist(root: str) -> str:
+    """torchvision's download (online only); returns the folder holding the idx files."""
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(root, train=True, download=True)
+        FashionMNIST(root, train=False, download=True)
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(f"Fashion-MNIST download into {root} failed ({exc})") from exc
+    return os.path.join(root, "FashionMNIST", "raw")
+
+
+def fashion_mnist(root: str | None = None, split: str = "train", download: bool = False) -> Source:
     if split not in ("train", "test"):
         raise SourceError(f"fashion_mnist split must be 'train' or 'test', got {split!r}")
+    if download:
+        root = _download_fashion_mnist(root or os.path.expanduser("~/.cache/featcache/fashion-mnist"))
     root = root or default_fashion_mnist_root()
     if root is None:
-        raise SourceError("Fashion-MNIST not found: install Debian's dataset-fashion-mnist or set root")
+        raise SourceError("Fashion-MNIST not found: install Debian's dataset-fashion-mnist, set source.root, "
+                          "or set source.download = true (online)")
     prefix = "train" if split == "train" else "t10k"
     images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
     labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)

@@ -13,6 +13,7 @@ class SourceConfig:
     path: str = ""  # manifest file (kind = "manifest")
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
     limit: int = 0  # first N rows only (0 = all)
+    download: bool = False  # fashion_mnist: fetch with torchvision when online (into root or ~/.cache)
 
 
 @dataclass(frozen=True)

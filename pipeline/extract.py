@@ -54,7 +54,7 @@ class Summary:
 def open_source_config(cfg: SourceConfig) -> Source:
     kw: dict[str, Any] = {}
     if cfg.kind == "fashion_mnist":
-        kw = {"root": cfg.root or None, "split": cfg.split}
+        kw = {"root": cfg.root or None, "split": cfg.split, "download": cfg.download}
     elif cfg.kind == "manifest":
         if not cfg.path:
             raise ValueError("source.path: a manifest source needs the manifest file")
