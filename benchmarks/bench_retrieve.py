@@ -12,7 +12,6 @@ Saves JSON under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ import tracemalloc
 import numpy as np
 
 from featcache.cache_tools import FeatureCache
+from common import result_path, save  # benchmarks/common.py
 from featcache.cache_tools.provenance import created_by, utc_now
 from featcache.cache_tools.retrieve import retrieve
 
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_retrieve.json"))
+    ap.add_argument("--out", default=result_path("bench_retrieve"))
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     pool_f = rng.standard_normal((args.pool, args.dim), np.float32).astype(np.float16)
@@ -90,10 +90,7 @@ def main() -> None:
           f"{args.pool / o:,.0f} rows/s: {b / o:.2f}x (goal >= 0.7)")
     print(f"streaming peak traced memory {peaks['pool']:.0f} MiB for the pool, {peaks['quarter_pool']:.0f} MiB for "
           f"a quarter of it (the baseline's similarity matrix alone is {res['baseline_sims_matrix_mb']:.0f} MiB)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=2)
-    print(f"saved {args.out}")
+    save(args.out, res)
 
 
 if __name__ == "__main__":

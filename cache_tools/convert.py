@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import INDEX_PART, ROOT_KEY, TEACHER_KEY, FeatureCache
+from .cache import INDEX_PART, ROOT_KEY, FeatureCache
 from .errors import CacheError
 from .locate import detect_backend
 

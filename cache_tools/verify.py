@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from .cache import INDEX_PART, FeatureCache, _index_checksum, _nonfinite
 from .errors import CacheError

@@ -219,18 +219,12 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     if len(train_rows) == 0:
         raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
     splits: dict[str, Split] = {}
-    if cfg.test_store:
-        tc, ts = open_split_store(cfg.test_store, cfg.data_root)
-        splits["test"] = Split("test", tc, Inputs(ts, student, cfg.tokenizer, cfg.decode_threads), usable_rows(tc))
-    else:
-        train_rows, test_rows = carve(train_rows, cfg.test_fraction, rng)
-        splits["test"] = Split("test", cache, inputs, test_rows)
-    if cfg.val_store:
-        vc, vs = open_split_store(cfg.val_store, cfg.data_root)
-        splits["val"] = Split("val", vc, Inputs(vs, student, cfg.tokenizer, cfg.decode_threads), usable_rows(vc))
-    else:
-        train_rows, val_rows = carve(train_rows, cfg.val_fraction, rng)
-        splits["val"] = Split("val", cache, inputs, val_rows)
+    for name, path, fraction in (("test", cfg.test_store, cfg.test_fraction), ("val", cfg.val_store, cfg.val_fraction)):
+        if path:  # a split of its own
+            splits[name] = store_split(name, path, cfg, student)
+        else:  # carved out of the training rows with split_seed
+            train_rows, carved = carve(train_rows, fraction, rng)
+            splits[name] = Split(name, cache, inputs, carved)
     train_rows = label_budget(train_rows, cache.labels, cfg.label_budget, rng)
     splits["train"] = Split("train", cache, inputs, train_rows)
     classes = source.classes or []
@@ -238,16 +232,20 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     return splits, num_classes
 
 
+def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -> Split:
+    """Every valid labeled row of another store, with its own raw inputs."""
+    cache, source = open_split_store(path, cfg.data_root)
+    return Split(name, cache, Inputs(source, student, cfg.tokenizer, cfg.decode_threads), usable_rows(cache))
+
+
 def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
                       inputs: Inputs) -> tuple[dict[str, Split], int]:
     if not cfg.test_store:
         raise ValueError("data.test_store: training on unlabeled rows needs a labeled test store")
-    splits = {"train": Split("train", cache, inputs, np.flatnonzero(cache.valid))}
-    for name, path in (("test", cfg.test_store), ("val", cfg.val_store or "")):
-        if path:
-            c, s = open_split_store(path, cfg.data_root)
-            splits[name] = Split(name, c, Inputs(s, student, cfg.tokenizer, cfg.decode_threads), usable_rows(c))
-        else:
-            splits[name] = Split(name, splits["test"].cache, splits["test"].inputs, np.empty(0, np.int64))
+    splits = {"train": Split("train", cache, inputs, np.flatnonzero(cache.valid)),
+              "test": store_split("test", cfg.test_store, cfg, student)}
+    test = splits["test"]
+    splits["val"] = (store_split("val", cfg.val_store, cfg, student) if cfg.val_store
+                     else Split("val", test.cache, test.inputs, np.empty(0, np.int64)))
     classes = splits["test"].cache.source.get("classes") or []
     return splits, max(len(classes), int(splits["test"].cache.labels.max()) + 1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featcache.cache_tools import FeatureCache, verify
-from featcache.cache_tools.sources import default_fashion_mnist_root, fashion_mnist, manifest
+from featcache.cache_tools.sources import default_fashion_mnist_root, fashion_mnist
 from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.teachers import TeacherError, build_teacher
 from featcache.train.probe import fit_linear_probe, probe_accuracy
