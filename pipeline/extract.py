@@ -97,13 +97,10 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
         try:
             cache = FeatureCache.open(out.store, mode="r+", backend=backend)
         except CacheNotFoundError:
-            if "://" in out.store:
-                cache = None
-            elif not os.path.exists(os.path.join(out.store, "index")) and not out.store.endswith((".h5", ".hdf5")):
+            if not _cut_off_creation(out.store, backend):
                 raise ValueError(f"{out.store}: exists and is not a featcache store; "
                                  "choose another output.store") from None
-            else:
-                cache = None  # a creation cut off before its attributes: start again
+            cache = None  # a creation cut off before its attributes: start again
         if cache is not None:
             if cache.dataset_fingerprint != fp:
                 raise FingerprintMismatch(
@@ -120,6 +117,16 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
     return FeatureCache.create(out.store, sample_ids=source.sample_ids, labels=source.labels, views=cfg.views,
                                view_param_names=names, partition_rows=out.partition_rows, split=cfg.source.split,
                                source=source.describe(), backend=backend, overwrite=True)
+
+
+def _cut_off_creation(path: str, backend: str | None) -> bool:
+    """True when ``path`` holds the first arrays of a featcache store but not yet its attributes."""
+    from featcache.cache_tools.locate import open_backend
+    try:
+        with open_backend(path, read_only=True, backend=backend) as store:
+            return "sample_id" in store.children("index")
+    except (CacheError, KeyError, OSError, ValueError):
+        return False
 
 
 def _check_or_add_teachers(cache: FeatureCache, cfg: ExtractConfig, teachers: list[Teacher],

@@ -168,3 +168,19 @@ def test_cli_errors_are_one_line(tmp_path):
     cfg.write_text('[source]\nkind = "image_folder"\nroot = "/no/such/dir"\n')
     res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "/no/such/dir: image folder not found" in res.stderr
+
+
+def test_never_overwrites_foreign_data_but_restarts_a_cut_off_creation(images, timm_ckpt, tmp_path):
+    import h5py
+    import zarr
+    foreign = tmp_path / "theirs.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(ValueError, match="not a featcache store"):
+        extract(foreign, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)])
+    with h5py.File(foreign, "r") as f:
+        assert f["x"][:].tolist() == [0, 1, 2]
+    cut = tmp_path / "cut.zarr"  # arrays written, root attributes never reached
+    zarr.open_group(str(cut), mode="w").create_array("index/sample_id", shape=(2,), dtype=str)
+    s = extract(cut, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)])
+    assert s.complete and s.rows == 24
