@@ -153,3 +153,25 @@ def test_training_never_imports_teacher_code(synth, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "BAD []" in res.stdout
     assert "test accuracy" in res.stdout
+
+
+def test_two_teachers_concatenated_and_standardised():
+    from featcache.cache_tools import FeatureCache, MemoryStore
+    from featcache.train.data import FeatureBank
+    rng = np.random.default_rng(0)
+    cache = FeatureCache.create(MemoryStore(), sample_ids=[str(i) for i in range(300)], partition_rows=64)
+    big, small = 100 + 50 * rng.standard_normal((300, 6)), 0.01 * rng.standard_normal((300, 3))
+    cache.add_teacher("big", 6, {"m": "big"}, dtype="float32")
+    cache.add_teacher("small", 3, {"m": "small"}, dtype="float32")
+    for p in range(cache.num_partitions):
+        a, b = cache.partition_range(p)
+        cache.write_partition(p, features={"big": big[a:b], "small": small[a:b]}, valid=np.ones(b - a, bool))
+    rows = np.arange(300)
+    raw = FeatureBank(cache, ("big", "small"), rows, max_ram_gb=1.0)
+    assert raw.dim == 9 and np.allclose(raw.take(rows[:5]), np.concatenate([big, small], 1)[:5], rtol=1e-5)
+    for budget in (1.0, 1e-7):  # in memory, then streamed: the same statistics
+        std = FeatureBank(cache, ("big", "small"), rows, max_ram_gb=budget, standardize=True)
+        out = std.take(rows)
+        assert np.allclose(out.mean(0), 0, atol=1e-3)
+        for block in (out[:, :6], out[:, 6:]):  # each teacher's block has unit mean squared norm
+            assert abs((block ** 2).sum(1).mean() - 1) < 1e-3
