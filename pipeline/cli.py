@@ -1,4 +1,9 @@
-"""featcache-extract: run foundation models over a dataset once and cache their features."""
+"""featcache-extract: run foundation models over a dataset once and cache their features.
+
+    featcache-extract CONFIG.toml [--set k=v ...] [--add-teacher]   cache teacher features
+    featcache-extract finetune CONFIG.toml [--set k=v ...]          fine-tune a teacher with a task
+                                                                    head, cache its logits (TOKT step 1)
+"""
 
 from __future__ import annotations
 
@@ -14,18 +19,24 @@ from .config import ExtractConfig
 PROG = "featcache-extract"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} {command}" if command else PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="TOML config (see configs/); every key has a default")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set output.store=stores/x.zarr --set views=4")
-    p.add_argument("--add-teacher", action="store_true",
-                   help="add the config's new teachers to an existing store (others stay untouched)")
+    if command is None:
+        p.add_argument("--add-teacher", action="store_true",
+                       help="add the config's new teachers to an existing store (others stay untouched)")
     add_debug_flag(p)
     return p
 
 
-def handle(args: argparse.Namespace) -> int:
+def handle(command: str | None, args: argparse.Namespace) -> int:
+    if command == "finetune":
+        from .finetune import FinetuneConfig, run_finetune
+        run_finetune(load_config(FinetuneConfig, args.config, args.overrides))
+        return EXIT_OK
     from .extract import run_extract
 
     cfg = load_config(ExtractConfig, args.config, args.overrides)
@@ -41,7 +52,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(PROG, build_parser(), handle, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] == "finetune" else None
+    return run_cli(f"{PROG} {command}" if command else PROG, build_parser(command),
+                   lambda args: handle(command, args), argv)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from featcache.cache_tools import FeatureCache, FingerprintMismatch, dataset_fingerprint, require_complete
+from featcache.cache_tools import FeatureCache
+from featcache.cache_tools.raw import open_with_inputs as open_split_store
 from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.reading import iter_chunk_shuffled
-from featcache.cache_tools.sources import Source, open_source
+from featcache.cache_tools.sources import Source
 from featcache.cache_tools.views import apply_view
 
 from .config import DataConfig, StudentConfig
 
 GiB = 1 << 30
-
-
-def open_split_store(path: str, data_root: str = "") -> tuple[FeatureCache, Source]:
-    """A complete store and its raw inputs, refused if the inputs are not the ones cached."""
-    cache = FeatureCache.open(path)
-    require_complete(cache)
-    source = open_source(cache.source, data_root or None)
-    found = dataset_fingerprint(source.sample_ids, source.labels)
-    if found != cache.dataset_fingerprint:
-        raise FingerprintMismatch(
-            f"{path}: raw inputs at {source.params.get('root') or source.params.get('path')} are not the "
-            f"dataset this store was built from (dataset fingerprint {cache.dataset_fingerprint[:12]} "
-            f"expected, {found[:12]} found)")
-    return cache, source
 
 
 def usable_rows(cache: FeatureCache) -> np.ndarray:

@@ -38,6 +38,8 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class ToktOptions:
     teacher: str = "effnet_lite0"  # whose features make the head and the retrieval
+    logits_teacher: str = ""  # "" = fit a head on cached features; else cached logits of a fine-tuned
+    #                           teacher in the transfer store (featcache-extract finetune)
     transfer_store: str = "stores/fashion_mnist/transfer.zarr"  # retrieved (featcache-cache retrieve)
     random_transfer_store: str = "stores/fashion_mnist/transfer_random.zarr"  # same size, random (--random)
     temperature: float = 2.0
@@ -107,6 +109,8 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | 
     transfer = transfer_store or cfg.tokt.transfer_store
     if features_only:
         teachers, method = (cfg.tokt.teacher,), {"name": "distill_features"}
+    elif cfg.tokt.logits_teacher:
+        teachers, method = (cfg.tokt.logits_teacher,), {"name": "distill_logits", "temperature": cfg.tokt.temperature}
     else:
         head, sha = fit_task_head(cfg, out, log)
         teachers = (cache_task_logits(transfer, cfg.tokt.teacher, head, sha),)

@@ -28,7 +28,10 @@ class Teacher(Protocol):
         """Raw inputs -> model inputs on the CPU (this teacher's own preprocessing)."""
 
     def encode(self, batch: Any) -> torch.Tensor:
-        """Model inputs -> (B, D) float32 features on the CPU."""
+        """Model inputs -> (B, D) float32 features on the CPU, no grad: what the store caches."""
+
+    def features(self, batch: Any) -> torch.Tensor:
+        """The same features with autograd on the model's device, to fine-tune the teacher."""
 
 
 class TeacherError(ValueError):

@@ -94,24 +94,28 @@ class HFTeacher:
                                    return_tensors="pt"))
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with inference(self.device):
+            return finish(self.features(batch), self.cfg.normalize)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Differentiable pooled features (for fine-tuning the teacher); encode() is the cached path."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         want_hidden = self.cfg.layer != -1
-        with inference(self.device):
-            out = self.model(**batch, output_hidden_states=want_hidden)
-            hidden = out.hidden_states[self.cfg.layer] if want_hidden else out.last_hidden_state
-            if self.pooling == "pooler":
-                if getattr(out, "pooler_output", None) is None:
-                    raise TeacherError(f"teacher {self.name}: this model has no pooler output")
-                feats = out.pooler_output
-            elif self.pooling == "cls":
-                feats = hidden[:, 0]
+        out = self.model(**batch, output_hidden_states=want_hidden)
+        hidden = out.hidden_states[self.cfg.layer] if want_hidden else out.last_hidden_state
+        if self.pooling == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise TeacherError(f"teacher {self.name}: this model has no pooler output")
+            feats = out.pooler_output
+        elif self.pooling == "cls":
+            feats = hidden[:, 0]
+        else:
+            mask = batch.get("attention_mask")
+            mask = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
+            if self.pooling == "last_token":
+                last = mask.long().sum(1) - 1
+                feats = hidden[torch.arange(len(hidden), device=hidden.device), last]
             else:
-                mask = batch.get("attention_mask")
-                mask = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
-                if self.pooling == "last_token":
-                    last = mask.long().sum(1) - 1
-                    feats = hidden[torch.arange(len(hidden), device=hidden.device), last]
-                else:
-                    m = mask.unsqueeze(-1).to(hidden.dtype)
-                    feats = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return finish(feats, self.cfg.normalize)
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                feats = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return feats

@@ -74,18 +74,20 @@ class OpenClipTeacher:
             return self.tokenizer(list(items))
         return torch.stack([self.preprocess(img) for img in items])
 
-    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Differentiable features (for fine-tuning the teacher); encode() is the cached path."""
         batch = batch.to(self.device)
+        if self.modality == "text":
+            return self.model.encode_text(batch)
+        if self.output == "pooled":
+            visual = self.model.visual
+            proj, visual.proj = visual.proj, None
+            try:
+                return visual(batch)
+            finally:
+                visual.proj = proj
+        return self.model.encode_image(batch)
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
         with inference(self.device):
-            if self.modality == "text":
-                out = self.model.encode_text(batch)
-            elif self.output == "pooled":
-                visual = self.model.visual
-                proj, visual.proj = visual.proj, None
-                try:
-                    out = visual(batch)
-                finally:
-                    visual.proj = proj
-            else:
-                out = self.model.encode_image(batch)
-        return finish(out, self.cfg.normalize)
+            return finish(self.features(batch), self.cfg.normalize)

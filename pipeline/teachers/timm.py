@@ -129,6 +129,10 @@ class TimmTeacher:
     def prepare(self, items: list[Any]) -> torch.Tensor:
         return torch.stack([self.transform(img) for img in items])
 
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Differentiable features (for fine-tuning the teacher); encode() is the cached path."""
+        return self.model(batch.to(self.device))
+
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         with inference(self.device):
-            return finish(self.model(batch.to(self.device)), self.cfg.normalize)
+            return finish(self.features(batch), self.cfg.normalize)

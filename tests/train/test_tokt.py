@@ -75,3 +75,33 @@ seeds = [0]
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())["table"]
     assert set(table) == {"stl", "aft", "task_agnostic", "tokt_random", "tokt"}
     assert "| tokt |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_tokt_with_cached_finetuned_teacher_logits(synth, tmp_path):
+    """tokt.logits_teacher: step 2 distils logits a stage-1 job cached (featcache-extract finetune)."""
+    from featcache.cache_tools.config import load_config
+    from featcache.cache_tools.retrieve import labeled_subset, random_transfer, write_subset_store, write_transfer_store
+    from featcache.train.tokt import ToktConfig, run_tokt
+    pool_path, test = synth
+    pool = FeatureCache.open(pool_path)
+    labeled = write_subset_store(str(tmp_path / "lab.zarr"), pool, labeled_subset(pool, 10), keep_labels=True,
+                                 split="train")
+    chosen = random_transfer(labeled, pool, 200, seed=0)
+    transfer = write_transfer_store(str(tmp_path / "tr.zarr"), pool, chosen, {"random": True})
+    transfer.close()
+    t = FeatureCache.open(str(tmp_path / "tr.zarr"), mode="r+")
+    t.add_teacher("oracle.finetuned", 10, {"output": "task logits of a fine-tuned teacher"}, dtype="float32")
+    logits = 5.0 * np.eye(10, dtype=np.float32)[pool.labels[chosen.rows]]
+    for p in range(t.num_partitions):
+        a, b = t.partition_range(p)
+        t.write_partition(p, features={"oracle.finetuned": logits[a:b]})
+    t.close()
+    cfg = load_config(ToktConfig, data={
+        "out_dir": str(tmp_path / "run"), "data": {"store": labeled.path, "test_store": test},
+        "student": {"image_size": 28, "width": 32}, "optim": {"epochs": 2, "batch_size": 16},
+        "tokt": {"teacher": "oracle", "transfer_store": str(tmp_path / "tr.zarr"), "pretrain_epochs": 2,
+                 "logits_teacher": "oracle.finetuned"}})
+    res = run_tokt(cfg, log=lambda _m: None)
+    pre = json.loads((tmp_path / "run" / "pretrain" / "results.json").read_text())
+    assert pre["config"]["data"]["teachers"] == ["oracle.finetuned"] and pre["method"] == "distill_logits"
+    assert not (tmp_path / "run" / "head.pt").exists() and res["variant"] == "tokt"

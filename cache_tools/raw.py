@@ -1,0 +1,22 @@
+"""A store together with its raw inputs, as both stages reopen them."""
+
+from __future__ import annotations
+
+from .cache import FeatureCache, require_complete
+from .errors import FingerprintMismatch
+from .fingerprint import dataset_fingerprint
+from .sources import Source, open_source
+
+
+def open_with_inputs(path: str, data_root: str = "", mode: str = "r") -> tuple[FeatureCache, Source]:
+    """A complete store and its raw inputs, refused if the inputs are not the ones it was built from."""
+    cache = FeatureCache.open(path, mode=mode)
+    require_complete(cache)
+    source = open_source(cache.source, data_root or None)
+    found = dataset_fingerprint(source.sample_ids, source.labels)
+    if found != cache.dataset_fingerprint:
+        raise FingerprintMismatch(
+            f"{path}: raw inputs at {source.params.get('root') or source.params.get('path')} are not the "
+            f"dataset this store was built from (dataset fingerprint {cache.dataset_fingerprint[:12]} "
+            f"expected, {found[:12]} found)")
+    return cache, source
