@@ -375,6 +375,7 @@ class FeatureCache:
             "split": self.split, "source": self.source, "dataset_fingerprint": self.dataset_fingerprint,
             "created_by": self.meta.get("created_by"), "created_at": self.meta.get("created_at"),
             "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
+            **{k: self.meta[k] for k in ("retrieval", "subset_of") if k in self.meta},
         }
 
 

@@ -21,6 +21,15 @@ from .verify import verify
 PROG = "featcache-cache"
 
 
+def _short(value: Any) -> Any:
+    """Long lists (a transfer set's row ids) as a count, so `info` stays readable; --json has them all."""
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > 20:
+        return f"<{len(value)} items>"
+    return value
+
+
 def _print_info(info: dict[str, Any]) -> None:
     params = f" (params: {', '.join(info['view_params'])})" if info["view_params"] else ""
     made = info.get("created_by") or {}
@@ -37,7 +46,10 @@ def _print_info(info: dict[str, Any]) -> None:
         ("created", f"featcache {made.get('version')} git {made.get('git') or '-'} at {info['created_at']}"),
     ]
     if info["source"]:
-        rows.append(("source", json.dumps(info["source"], sort_keys=True)))
+        rows.append(("source", json.dumps(_short(info["source"]), sort_keys=True)))
+    for key in ("retrieval", "subset_of"):
+        if key in info:
+            rows.append((key, json.dumps(info[key], sort_keys=True)))
     for key, value in rows:
         print(f"{key:<11} {value}")
     print(f"teachers    {len(info['teachers'])}")
