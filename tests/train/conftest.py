@@ -66,3 +66,20 @@ def synth(tmp_path_factory):
     train = build_store(str(d / "train.zarr"), str(d / "raw"), "train", 1200, seed=0)
     test = build_store(str(d / "test.zarr"), str(d / "raw"), "test", 600, seed=1)
     return train, test
+
+
+def write_config(path, train: str, test: str, out: str, epochs: int, batch_size: int, width: int = 128) -> str:
+    """A small training TOML on the synthetic stores, as a user writes one."""
+    path.write_text(f"""
+out_dir = {out!r}
+[data]
+store = {train!r}
+test_store = {test!r}
+[student]
+image_size = 28
+width = {width}
+[optim]
+epochs = {epochs}
+batch_size = {batch_size}
+""")
+    return str(path)

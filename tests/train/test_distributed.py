@@ -3,12 +3,13 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
 from featcache.cache_tools.distributed import Dist
 from featcache.train.loop import shard_rows
+
+from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
 
 
 def test_shards_are_disjoint_and_cover_all_rows():
@@ -22,18 +23,7 @@ def test_torchrun_two_cpu_processes_gloo(synth, tmp_path):
     train, test = synth
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     assert shutil.which(torchrun)
-    (tmp_path / "c.toml").write_text(textwrap.dedent(f"""
-        out_dir = {str(tmp_path / 'run')!r}
-        [data]
-        store = {train!r}
-        test_store = {test!r}
-        [student]
-        image_size = 28
-        width = 32
-        [optim]
-        epochs = 2
-        batch_size = 32
-    """))
+    write_config(tmp_path / "c.toml", train, test, str(tmp_path / "run"), epochs=2, batch_size=32, width=32)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "featcache.train.cli",
                           str(tmp_path / "c.toml")], capture_output=True, text=True, env=env, timeout=600)

@@ -13,7 +13,7 @@ from featcache.cache_tools.config import ConfigError, load_config
 from featcache.train.config import TrainConfig
 from featcache.train.loop import run
 
-from conftest import build_store  # noqa: E402  (tests/train/conftest.py)
+from conftest import build_store, write_config  # noqa: E402  (tests/train/conftest.py)
 
 
 def cfg_for(train, test, out, **over):
@@ -138,17 +138,7 @@ def test_training_never_imports_teacher_code(synth, tmp_path):
         print('BAD', bad)
         sys.exit(rc)
     """)
-    (tmp_path / "c.toml").write_text(textwrap.dedent(f"""
-        out_dir = {str(tmp_path / 'run')!r}
-        [data]
-        store = {train!r}
-        test_store = {test!r}
-        [student]
-        image_size = 28
-        [optim]
-        epochs = 1
-        batch_size = 64
-    """))
+    write_config(tmp_path / "c.toml", train, test, str(tmp_path / "run"), epochs=1, batch_size=64)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "BAD []" in res.stdout
