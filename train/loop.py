@@ -87,9 +87,20 @@ def make_optimizer(cfg: TrainConfig, learner: Learner) -> torch.optim.Optimizer:
     return (torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam)(groups, lr=o.lr)
 
 
-def shard_rows(rows: np.ndarray, dist_: Dist) -> np.ndarray:
-    """This process's rows: disjoint across ranks, together all of them."""
-    return rows[dist_.rank::dist_.world]
+def shard_rows(rows: np.ndarray, dist_: Dist, chunk_rows: int | None = None) -> np.ndarray:
+    """This process's rows: disjoint across ranks, together all of them.
+
+    With ``chunk_rows`` (features streamed from the store) whole chunks go to one rank,
+    so no chunk is read by two processes.
+    """
+    if chunk_rows is None:
+        return rows[dist_.rank::dist_.world]
+    return rows[(rows // chunk_rows) % dist_.world == dist_.rank]
+
+
+def steps_per_epoch(rows: np.ndarray, dist_: Dist, batch_size: int, chunk_rows: int | None = None) -> int:
+    """Full batches of the smallest shard: every rank takes the same number of steps (DDP needs it)."""
+    return min(len(shard_rows(rows, Dist(r, dist_.world), chunk_rows)) for r in range(dist_.world)) // batch_size
 
 
 def to_device(x: Any, device: torch.device) -> Any:
@@ -197,8 +208,9 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     if dist_.world > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg, learner)
-    rank_rows = shard_rows(train.rows, dist_)
-    steps = (len(train.rows) // dist_.world) // cfg.optim.batch_size
+    chunked = bank.chunk_rows if bank is not None and not bank.in_memory else None
+    rank_rows = shard_rows(train.rows, dist_, chunked)
+    steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
     if steps == 0:
         raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
                          f"{len(train.rows) // dist_.world} training rows per process")

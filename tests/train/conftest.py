@@ -68,13 +68,15 @@ def synth(tmp_path_factory):
     return train, test
 
 
-def write_config(path, train: str, test: str, out: str, epochs: int, batch_size: int, width: int = 128) -> str:
+def write_config(path, train: str, test: str, out: str, epochs: int, batch_size: int, width: int = 128,
+                 max_ram_gb: float = 4.0) -> str:
     """A small training TOML on the synthetic stores, as a user writes one."""
     path.write_text(f"""
 out_dir = {out!r}
 [data]
 store = {train!r}
 test_store = {test!r}
+max_ram_gb = {max_ram_gb!r}
 [student]
 image_size = 28
 width = {width}
