@@ -209,10 +209,8 @@ class FeatureCache:
         return list(self._teachers)
 
     def teacher_info(self, name: str) -> dict[str, Any]:
-        if name not in self.teachers:
-            raise KeyError(f"{self.path}: no teacher {name!r} (has: {', '.join(self.teachers) or 'none'})")
+        meta = self.store.array_meta(self._features_node(name))
         info = dict(self.store.get_attrs(f"teachers/{name}")[TEACHER_KEY])
-        meta = self.store.array_meta(f"teachers/{name}/features")
         info.update(shape=list(meta.shape), chunk_rows=meta.chunk_rows, compressor=meta.compressor)
         return info
 
@@ -322,6 +320,10 @@ class FeatureCache:
     @property
     def valid(self) -> np.ndarray:
         return self._index("index/valid")
+
+    def labeled_rows(self) -> np.ndarray:
+        """Valid, labeled rows: what every task-facing step uses (invalid inputs are skipped everywhere)."""
+        return np.flatnonzero(self.valid & (self.labels >= 0))
 
     @property
     def view_params(self) -> np.ndarray:

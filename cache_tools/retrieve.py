@@ -40,7 +40,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def query_features(cache: FeatureCache, teacher: str) -> tuple[np.ndarray, np.ndarray]:
     """Unit-norm eval-view features of the valid labeled rows, and their row ids."""
-    rows = np.flatnonzero(cache.valid & (cache.labels >= 0))
+    rows = cache.labeled_rows()
     if len(rows) == 0:
         raise ValueError(f"{cache.path}: no valid labeled rows to use as queries")
     return _unit(cache.take(teacher, rows)), rows
@@ -131,7 +131,7 @@ def retrieve(queries: FeatureCache, pool: FeatureCache, teacher: str, per_query:
 
 def random_transfer(queries: FeatureCache, pool: FeatureCache, size: int, seed: int = 0) -> TransferSet:
     """The paper's control: the same number of pool rows, drawn uniformly (same exclusions)."""
-    excluded = set(queries.sample_ids[queries.valid & (queries.labels >= 0)].tolist())
+    excluded = set(queries.sample_ids[queries.labeled_rows()].tolist())
     eligible = np.array([i for i in np.flatnonzero(pool.valid) if pool.sample_ids[i] not in excluded], np.int64)
     rows = np.sort(np.random.default_rng(seed).choice(eligible, size=min(size, len(eligible)), replace=False))
     return TransferSet(rows, np.full(len(rows), -1, np.int64), np.full(len(rows), np.nan, np.float32), 0)
@@ -166,7 +166,7 @@ def write_subset_store(out: str, src: FeatureCache, rows: np.ndarray, *, keep_la
 def labeled_subset(src: FeatureCache, per_class: int, seed: int = 0) -> np.ndarray:
     """``per_class`` valid labeled rows of each class, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
-    rows = np.flatnonzero(src.valid & (src.labels >= 0))
+    rows = src.labeled_rows()
     perm = rng.permutation(rows)
     return np.sort(np.concatenate([perm[src.labels[perm] == c][:per_class] for c in np.unique(src.labels[rows])]))
 

@@ -174,10 +174,10 @@ def _decoded_batches(source: Source, start: int, stop: int, batch: int,
 
 
 def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, teachers: list[Teacher], p: int,
-                      pool: ThreadPoolExecutor, bar: tqdm) -> int:
-    """Compute and write partition p for the teachers that lack it; return its invalid row count."""
+                      done: dict[str, set[int]], pool: ThreadPoolExecutor, bar: tqdm) -> int:
+    """Compute and write partition p for the teachers that lack it (``done``: markers read at start);
+    return its invalid row count."""
     a, b = cache.partition_range(p)
-    done = cache.done_partitions()
     need = [t for t in teachers if p not in done[t.name]]
     index_done = p in done[INDEX_PART]
     k = cfg.views
@@ -247,8 +247,8 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: "
         + ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) + f"; device {device}")
     cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
-    missing = cache.missing_partitions()
-    todo = sorted({p for ps in missing.values() for p in ps})
+    done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
+    todo = [p for p in range(cache.num_partitions) if any(p not in parts for parts in done.values())]
     mine = [p for p in todo if p % dist_.world == dist_.rank]
     skipped = cache.num_partitions - len(todo)
     if skipped:
@@ -261,7 +261,7 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     bar = tqdm(total=rows_mine, unit="rows", desc="extract", disable=None if dist_.is_main else True)
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads)) as pool:
         for p in mine:
-            invalid_so_far += extract_partition(cfg, cache, source, teachers, p, pool, bar)
+            invalid_so_far += extract_partition(cfg, cache, source, teachers, p, done, pool, bar)
             if invalid_so_far > limit:
                 bar.close()
                 logged = _write_invalid_log(cache, invalid_log_path(cfg.output.store))

@@ -59,7 +59,7 @@ def _load(source: Source, rows: np.ndarray) -> list[Any]:
 
 def train_head(cfg: FinetuneConfig, teacher: Teacher, model: torch.nn.Module, cache: FeatureCache, source: Source,
                log) -> tuple[torch.nn.Linear, list[float]]:
-    rows = np.flatnonzero(cache.valid & (cache.labels >= 0))
+    rows = cache.labeled_rows()
     if len(rows) == 0:
         raise ValueError(f"{cache.path}: no valid labeled rows to fine-tune on")
     classes = max(len(cache.source.get("classes") or []), int(cache.labels.max()) + 1)

@@ -28,11 +28,6 @@ from .config import DataConfig, StudentConfig
 GiB = 1 << 30
 
 
-def usable_rows(cache: FeatureCache) -> np.ndarray:
-    """Valid, labeled rows (invalid inputs are skipped everywhere)."""
-    return np.flatnonzero(cache.valid & (cache.labels >= 0))
-
-
 def carve(rows: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split off ``fraction`` of rows: (rest, carved), both sorted."""
     perm = rng.permutation(rows)
@@ -202,7 +197,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
     if unlabeled:
         return _unlabeled_splits(cfg, student, cache, inputs)
-    train_rows = usable_rows(cache)
+    train_rows = cache.labeled_rows()
     if len(train_rows) == 0:
         raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
     splits: dict[str, Split] = {}
@@ -222,7 +217,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
 def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -> Split:
     """Every valid labeled row of another store, with its own raw inputs."""
     cache, source = open_split_store(path, cfg.data_root)
-    return Split(name, cache, Inputs(source, student, cfg.tokenizer, cfg.decode_threads), usable_rows(cache))
+    return Split(name, cache, Inputs(source, student, cfg.tokenizer, cfg.decode_threads), cache.labeled_rows())
 
 
 def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
