@@ -158,6 +158,11 @@ class FeatureBank:
             return self._finish(self.data[rows])
         return self._finish(np.concatenate([self.cache.take(t, rows) for t in self.teachers], -1))
 
+    def take_eval(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), dim) features of the eval view (view 0): what a task head is fitted on."""
+        feats = self.take(rows)
+        return feats[:, 0] if self.views > 1 else feats
+
     def epoch(self, rows: np.ndarray, batch_size: int, rng: np.random.Generator,
               drop_last: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row ids, features) batches over ``rows``: a plain shuffle in memory, chunk-shuffled otherwise."""

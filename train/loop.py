@@ -60,15 +60,11 @@ def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Sp
         probe = nn.Linear(bank.dim, num_classes)
         probe.load_state_dict(torch.load(path, weights_only=True))
     else:  # the teacher's task head: fitted once on the labeled training rows' cached features
-        feats = _eval_view(bank.take(split.rows), bank.views)
+        feats = bank.take_eval(split.rows)
         probe = fit_linear_probe(feats, split.labels, num_classes, seed=cfg.seed)
         log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
         torch.save(probe.state_dict(), path)
     return PredictionKD(probe, m.temperature, m.alpha)
-
-
-def _eval_view(feats: np.ndarray, views: int) -> np.ndarray:
-    return feats[:, 0] if views > 1 else feats
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -69,13 +69,11 @@ def fit_task_head(cfg: ToktConfig, out_dir: str, log: Log) -> tuple[torch.nn.Lin
     splits, num_classes = build_splits(cfg.data, cfg.student)
     train = splits["train"]
     bank = FeatureBank(train.cache, (cfg.tokt.teacher,), train.rows, cfg.data.max_ram_gb)
-    feats = bank.take(train.rows)
-    feats = feats[:, 0] if bank.views > 1 else feats
-    head = fit_linear_probe(feats, train.labels, num_classes, l2=cfg.tokt.head_l2, seed=0)
+    head = fit_linear_probe(bank.take_eval(train.rows), train.labels, num_classes, l2=cfg.tokt.head_l2, seed=0)
     val = splits["val"]
     if len(val.rows):
-        vf = FeatureBank(val.cache, (cfg.tokt.teacher,), val.rows, cfg.data.max_ram_gb).take(val.rows)
-        log(f"task head on {cfg.tokt.teacher}: val accuracy {probe_accuracy(head, vf[:, 0] if vf.ndim == 3 else vf, val.labels):.4f}")
+        vf = FeatureBank(val.cache, (cfg.tokt.teacher,), val.rows, cfg.data.max_ram_gb).take_eval(val.rows)
+        log(f"task head on {cfg.tokt.teacher}: val accuracy {probe_accuracy(head, vf, val.labels):.4f}")
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     os.makedirs(out_dir, exist_ok=True)
