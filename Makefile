@@ -49,7 +49,7 @@ tokt: setup
 	  --teacher effnet_lite0 --per-query 20 --out $(STORES)/transfer.zarr --overwrite
 	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/train.zarr \
 	  --teacher effnet_lite0 --per-query 20 --random --out $(STORES)/transfer_random.zarr --overwrite
-	$(BIN)/featcache-train compare configs/demo_tokt.toml
+	$(BIN)/featcache-train tokt configs/demo_tokt.toml --compare
 
 bench: setup
 	$(BIN)/python benchmarks/bench_store.py

@@ -1,8 +1,10 @@
 """featcache-train: train students against a feature store.
 
-    featcache-train CONFIG.toml [--set key=value ...] [--resume]   one run (AFT or a baseline)
-    featcache-train tokt CONFIG.toml [--set ...]                   task-oriented transfer, three steps
-    featcache-train compare CONFIG.toml [--set ...]                every method x seed, one table
+    featcache-train CONFIG.toml [--set key=value ...] [--resume]     one run (AFT or a baseline)
+    featcache-train sweep CONFIG.toml --grid KEY=V1,V2 [--grid ...]  every combination, one run dir each
+    featcache-train compare RUNS_DIR [--csv F] [--plot F.png]        mean ± std per method, error vs STL
+    featcache-train probe CONFIG.toml                                linear probe of each teacher's features
+    featcache-train tokt CONFIG.toml [--compare]                     task-oriented transfer (x methods x seeds)
 """
 
 from __future__ import annotations
@@ -11,23 +13,40 @@ import argparse
 import sys
 from typing import Sequence
 
-from featcache.cache_tools.cliutil import EXIT_OK, add_debug_flag, run_cli
+from featcache.cache_tools.cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
 from featcache.cache_tools.config import load_config
 
 from .config import TrainConfig
 
 PROG = "featcache-train"
-COMMANDS = ("tokt", "compare")
+COMMANDS = ("sweep", "compare", "probe", "tokt")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="TOML config (see configs/); every key has a default")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set method.name=stl --set optim.epochs=3")
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     prog = f"{PROG} {command}" if command else PROG
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="TOML config (see configs/); every key has a default")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set method.name=stl --set optim.epochs=3")
+    if command == "compare":
+        p.add_argument("runs_dir", help="a directory of finished runs (a sweep's, or any)")
+        p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+        p.add_argument("--plot", metavar="PNG", help="bar chart with error bars (needs matplotlib)")
+    else:
+        _config_args(p)
     if command is None:
         p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoint")
+    if command == "sweep":
+        p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a swept key: method=stl,aft  seed=0,1,2  aft.beta=1,10  optim.lr=1e-3,3e-3")
+        p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are split between them)")
+        p.add_argument("--out", help="runs directory (default: the config's out_dir)")
+        p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    if command == "tokt":
+        p.add_argument("--compare", action="store_true", help="every [tokt] method x seed, then the table")
     add_debug_flag(p)
     return p
 
@@ -37,14 +56,37 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         from .loop import run
         run(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
         return EXIT_OK
+    if command == "sweep":
+        from .sweep import run_sweep
+        if not args.grid:
+            raise ValueError("sweep: give at least one --grid KEY=V1,V2,...")
+        if args.jobs < 1:
+            raise ValueError("--jobs: must be >= 1")
+        res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run)
+        if not args.dry_run:
+            print(f"table: {PROG} compare {res['root']}")
+        return EXIT_DATA if res["failed"] else EXIT_OK
+    if command == "compare":
+        from .compare import markdown, plot, summarize, write_csv
+        records = summarize(args.runs_dir)
+        print(markdown(records))
+        if args.csv:
+            write_csv(records, args.csv)
+        if args.plot:
+            plot(records, args.plot, title=args.runs_dir)
+        return EXIT_OK
+    if command == "probe":
+        from .probe import probe_teachers
+        probe_teachers(load_config(TrainConfig, args.config, args.overrides))
+        return EXIT_OK
     from .tokt import ToktConfig, compare, run_tokt
     cfg = load_config(ToktConfig, args.config, args.overrides)
-    if command == "tokt":
-        res = run_tokt(cfg)
-        print(f"tokt: test accuracy {res['test_accuracy']:.4f} (after step 2 alone: "
-              f"{res['pretrain_test_accuracy']:.4f}) -> {cfg.out_dir}/results.json")
-    else:
+    if args.compare:
         compare(cfg)
+        return EXIT_OK
+    res = run_tokt(cfg)
+    print(f"tokt: test accuracy {res['test_accuracy']:.4f} (after step 2 alone: "
+          f"{res['pretrain_test_accuracy']:.4f}) -> {cfg.out_dir}/results.json")
     return EXIT_OK
 
 

@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class StudentConfig:
     name: Literal["small_cnn", "resnet18", "mobilenet_v3_small", "vit_tiny", "text_transformer",
-                  "text_cnn"] = "small_cnn"
+                  "text_cnn", "efficientnet_lite0"] = "small_cnn"
     image_size: int = 32
     max_length: int = 128
     width: int = 128

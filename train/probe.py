@@ -34,3 +34,38 @@ def probe_accuracy(probe: nn.Linear, features: np.ndarray, labels: np.ndarray) -
     with torch.no_grad():
         pred = probe(torch.as_tensor(features, dtype=torch.float32)).argmax(1).numpy()
     return float((pred == labels).mean())
+
+
+def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
+    """Each teacher's linear probe on the run's labeled training rows, scored on val and test.
+
+    The ceiling a student is chasing: what the cached features already know about the
+    task with the same label budget. Test accuracy needs the teacher in the test store.
+    """
+    import os
+
+    from .checkpoint import write_json_atomic
+    from .data import FeatureBank, build_splits
+
+    splits, num_classes = build_splits(cfg.data, cfg.student)
+    train = splits["train"]
+    teachers = list(cfg.data.teachers) or list(train.cache.teachers)
+    out: dict[str, dict[str, float | None]] = {}
+    log(f"| teacher | dim | train rows | val accuracy | test accuracy |\n|---|---|---|---|---|")
+    for name in teachers:
+        bank = FeatureBank(train.cache, (name,), train.rows, cfg.data.max_ram_gb)
+        probe = fit_linear_probe(bank.take_eval(train.rows), train.labels, num_classes, seed=cfg.seed)
+        scores: dict[str, float | None] = {}
+        for split_name in ("val", "test"):
+            split = splits[split_name]
+            if len(split.rows) == 0 or name not in split.cache.teachers:
+                scores[split_name] = None
+                continue
+            feats = FeatureBank(split.cache, (name,), split.rows, cfg.data.max_ram_gb).take_eval(split.rows)
+            scores[split_name] = probe_accuracy(probe, feats, split.labels)
+        out[name] = scores
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        log(f"| {name} | {bank.dim} | {len(train.rows)} | {fmt(scores['val'])} | {fmt(scores['test'])} |")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(cfg.out_dir, "probe.json"), out)
+    return out

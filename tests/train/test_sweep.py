@@ -1,0 +1,123 @@
+"""featcache-train sweep and compare: many runs on one cache, one table."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from featcache.cache_tools.config import ConfigError
+from featcache.train.sweep import parse_axis, plan, split_values
+
+from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
+
+EXE = os.path.join(os.path.dirname(sys.executable), "featcache-train")
+
+
+def sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "sweep", *args], capture_output=True, text=True)
+
+
+def test_grid_parsing():
+    assert split_values("a, b,[c,d],'e,f'") == ["a", "b", "[c,d]", "'e,f'"]
+    a = parse_axis("method=stl,aft")
+    assert (a.key, a.values, a.only_method) == ("method.name", ("stl", "aft"), "")
+    b = parse_axis("aft.beta=1,10")
+    assert (b.key, b.values, b.only_method) == ("method.beta", (1, 10), "aft")
+    c = parse_axis("data.teachers=[t1],[t1,t2]")
+    assert c.values == (["t1"], ["t1", "t2"])
+    with pytest.raises(ConfigError):
+        parse_axis("seed")
+
+
+def test_plan_dedupes_and_names_runs_by_config(synth, tmp_path):
+    train, test = synth
+    cfg = write_config(tmp_path / "c.toml", train, test, str(tmp_path / "runs"), epochs=1, batch_size=32)
+    axes = [parse_axis(g) for g in ("method=stl,aft", "seed=0,1", "aft.beta=1,10")]
+    runs = plan(cfg, [], axes)
+    # stl does not vary with aft.beta: 2 seeds x (1 stl + 2 aft)
+    assert len(runs) == 6
+    assert sorted(r.name.split("-")[0] for r in runs) == ["aft"] * 4 + ["stl"] * 2
+    assert [r.name for r in plan(cfg, [], axes)] == [r.name for r in runs]  # stable names
+    assert all(r.config["out_dir"] == os.path.join(str(tmp_path / "runs"), r.name) for r in runs)
+    with pytest.raises(ConfigError, match="beta"):
+        plan(cfg, [], [parse_axis("aft.beta=fast")])
+
+
+def test_sweep_compare_and_rerun(synth, tmp_path):
+    """2 methods x 2 seeds; the table's numbers are the runs' means; a rerun runs nothing."""
+    train, test = synth
+    runs_dir = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=1, batch_size=32, width=16)
+    res = sweep(cfg, "--grid", "method=stl,aft", "--grid", "seed=0,1", "--set", "data.label_budget=40")
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    assert "4 to run" in res.stdout
+    results = {}
+    for d in os.listdir(runs_dir):
+        path = runs_dir / d / "results.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            results.setdefault(r["method"], []).append(r["test_accuracy"])
+            assert (runs_dir / d / "train.log").exists()
+    assert {k: len(v) for k, v in results.items()} == {"stl": 2, "aft": 2}
+
+    out = subprocess.run([EXE, "compare", str(runs_dir), "--csv", str(tmp_path / "t.csv")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| stl |" in out.stdout and "| aft |" in out.stdout
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "t.csv"))}
+    for method, accs in results.items():
+        assert float(rows[method]["test_accuracy_mean"]) == pytest.approx(sum(accs) / 2)
+        assert int(rows[method]["seeds"]) == 2
+    stl, aft = (float(rows[m]["test_accuracy_mean"]) for m in ("stl", "aft"))
+    assert float(rows["aft"]["error_vs_stl"]) == pytest.approx((1 - aft) / (1 - stl))
+    assert float(rows["stl"]["error_vs_stl"]) == pytest.approx(1.0)
+
+    again = sweep(cfg, "--grid", "method=stl,aft", "--grid", "seed=0,1", "--set", "data.label_budget=40")
+    assert again.returncode == 0 and "4 already finished, 0 to run" in again.stdout, again.stdout
+
+
+def test_sweep_resumes_an_interrupted_run(synth, tmp_path):
+    """A run killed after its checkpoint continues from it; finished runs are left alone."""
+    from featcache.cache_tools.config import load_config
+    from featcache.train.config import TrainConfig
+    from featcache.train.loop import run
+
+    train, test = synth
+    runs_dir = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=2, batch_size=32, width=16)
+    (planned,) = plan(cfg, [], [parse_axis("method=stl")])
+    short = load_config(TrainConfig, data={**planned.config, "optim": {**planned.config["optim"], "epochs": 1}})
+    run(short, log=lambda _m: None)  # one epoch done: a checkpoint, then "killed"
+    os.remove(os.path.join(planned.config["out_dir"], "results.json"))
+    res = sweep(cfg, "--grid", "method=stl")
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = open(os.path.join(planned.config["out_dir"], "train.log")).read()
+    assert "resumed from" in log and "after epoch 1" in log
+    assert json.loads(open(os.path.join(planned.config["out_dir"], "results.json")).read())["epochs"] == 2
+
+
+def test_compare_groups_swept_values_and_errors(tmp_path):
+    def fake(name: str, method: str, seed: int, acc: float, beta: float = 10.0, budget: int = 20) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "method": method, "test_accuracy": acc, "val_accuracy": acc, "wall_seconds": 1.0,
+            "config": {"seed": seed, "out_dir": str(d), "method": {"name": method, "beta": beta},
+                       "data": {"label_budget": budget}}}))
+
+    from featcache.train.compare import summarize
+
+    fake("s0", "stl", 0, 0.70)
+    fake("s1", "stl", 1, 0.80)
+    fake("a0", "aft", 0, 0.85, beta=1.0)
+    fake("a1", "aft", 1, 0.75, beta=10.0)
+    table = {r["method"]: r for r in summarize(str(tmp_path))}
+    assert set(table) == {"stl", "aft beta=1", "aft beta=10"}  # stl is not split by aft's beta
+    assert table["stl"]["test_accuracy_mean"] == pytest.approx(0.75)
+    assert table["stl"]["test_accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert table["aft beta=1"]["error_vs_stl"] == pytest.approx(0.15 / 0.25)
+    missing = subprocess.run([EXE, "compare", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not found" in missing.stderr
