@@ -7,9 +7,10 @@ root) without knowing how stage 1 was configured.
 
 Kinds: ``image_folder`` (one sub-folder per class, or flat = unlabeled),
 ``manifest`` (CSV or JSONL with ``path`` or ``text``, optional ``label`` and ``id``),
-``fashion_mnist`` (the four standard idx files, optionally gzipped), and
-``text_categories`` (one file per class, entries separated by ``%`` lines, like
-Debian's fortunes).
+``fashion_mnist`` (the four standard idx files, optionally gzipped),
+``text_folder`` (one sub-folder per class, one document per ``.txt`` file, like the
+BBC News corpus), and ``text_categories`` (one file per class, entries separated by
+``%`` lines, like Debian's fortunes).
 """
 
 from __future__ import annotations
@@ -239,6 +240,36 @@ def text_categories(root: str) -> Source:
                   {"root": os.path.abspath(root)}, lambda i: _check_text(texts[i], ids[i]))
 
 
+def _read_document(path: str) -> str:
+    """UTF-8, or Latin-1 for the odd legacy file (BBC News has one): never a decode failure."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return _check_text(text.strip(), path)
+
+
+def text_folder(root: str) -> Source:
+    if not os.path.isdir(root):
+        raise SourceError(f"{root}: text folder not found")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    ids: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(root, name)) if f.endswith(".txt"))
+        ids += [f"{name}/{f}" for f in files]
+        labels += [label] * len(files)
+    if not ids:
+        raise SourceError(f"{root}: no .txt documents found (expected one sub-folder per class)")
+    return Source("text_folder", "text", ids, np.array(labels, np.int64), classes, {"root": os.path.abspath(root)},
+                  lambda i: _read_document(os.path.join(root, ids[i])))
+
+
 def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, keep_labels: bool = False) -> Source:
     """Some rows of another source: a labeled subset, or (labels hidden) a transfer set from a pool."""
     base = open_source(parent, root)
@@ -253,7 +284,7 @@ def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, kee
 
 KINDS: dict[str, Callable[..., Source]] = {
     "image_folder": image_folder, "manifest": manifest, "fashion_mnist": fashion_mnist,
-    "text_categories": text_categories, "subset": subset,
+    "text_folder": text_folder, "text_categories": text_categories, "subset": subset,
 }
 
 

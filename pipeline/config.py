@@ -8,8 +8,8 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_categories"] = "fashion_mnist"
-    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location)
+    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_folder", "text_categories"] = "fashion_mnist"
+    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package
     path: str = ""  # manifest file (kind = "manifest")
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
     limit: int = 0  # first N rows only (0 = all)

@@ -27,6 +27,7 @@ from featcache.cache_tools.sources import KINDS, InputError, Source, head
 from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
 
 from .config import ExtractConfig, SourceConfig
+from featcache.cache_tools.paths import resolve_path
 from .teachers import Teacher, best_device, build_teacher
 
 
@@ -54,15 +55,15 @@ class Summary:
 def open_source_config(cfg: SourceConfig) -> Source:
     kw: dict[str, Any] = {}
     if cfg.kind == "fashion_mnist":
-        kw = {"root": cfg.root or None, "split": cfg.split, "download": cfg.download}
+        kw = {"root": resolve_path(cfg.root) or None, "split": cfg.split, "download": cfg.download}
     elif cfg.kind == "manifest":
         if not cfg.path:
             raise ValueError("source.path: a manifest source needs the manifest file")
-        kw = {"path": cfg.path, "root": cfg.root or None}
+        kw = {"path": resolve_path(cfg.path), "root": resolve_path(cfg.root) or None}
     else:
         if not cfg.root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
-        kw = {"root": cfg.root}
+        kw = {"root": resolve_path(cfg.root)}
     source = KINDS[cfg.kind](**kw)
     return head(source, cfg.limit) if cfg.limit else source
 

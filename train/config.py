@@ -47,7 +47,8 @@ class StudentConfig:
     image_size: int = 32
     max_length: int = 128
     width: int = 128
-    checkpoint: str = ""  # local state dict to start from (the head may differ)
+    checkpoint: str = ""  # local state dict to start from (the head may differ); pkg:package/file works
+    embeddings: str = ""  # text students: start the token embeddings from a local HF checkpoint (dir or file)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from featcache.cache_tools.config import load_config, to_dict
+from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.provenance import created_by
 
 from . import checkpoint as ckpt_io
@@ -23,7 +24,7 @@ from .data import FeatureBank, Split, build_splits
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from .losses import AFT, RKD, FeatureDistill, FeatureKD, LogitDistill, Method, PredictionKD
 from .probe import fit_linear_probe, probe_accuracy
-from .students import StudentSpec, build_student, count_parameters, feature_dim
+from .students import StudentSpec, build_student, count_parameters, feature_dim, init_embeddings, read_word_embeddings
 
 Log = Callable[[str], None]
 
@@ -197,7 +198,9 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     vocab = getattr(train.inputs.tokenizer, "vocab_size", 30522)
     spec = StudentSpec(cfg.student.name, num_classes, cfg.student.image_size, vocab, cfg.student.max_length,
                        cfg.student.width)
-    student = build_student(spec, cfg.student.checkpoint or None)
+    student = build_student(spec, resolve_path(cfg.student.checkpoint) or None)
+    if cfg.student.embeddings and not (state or cfg.student.checkpoint):
+        init_embeddings(student, read_word_embeddings(resolve_path(cfg.student.embeddings)), cfg.student.embeddings)
     method = build_method(cfg, feature_dim(student, spec), bank, train, num_classes, cfg.out_dir, log)
     learner = Learner(student, method).to(device)
     model: nn.Module = learner

@@ -9,6 +9,7 @@ Text (token ids in, with a padding mask): ``text_transformer``, ``text_cnn``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,44 @@ def build_student(spec: StudentSpec, checkpoint: str | None = None) -> nn.Module
     return model
 
 
+def read_word_embeddings(path: str) -> torch.Tensor:
+    """The token embedding table of a local Hugging Face checkpoint (a directory or one weights file).
+
+    Read straight from the weights file, so a text student can start from a teacher's
+    vocabulary without importing the teacher's library.
+    """
+    files = [path] if os.path.isfile(path) else [os.path.join(path, f) for f in ("model.safetensors",
+                                                                              "pytorch_model.bin")]
+    for f in files:
+        if not os.path.isfile(f):
+            continue
+        if f.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(f, framework="pt") as fh:
+                key = next((k for k in fh.keys() if k.endswith("word_embeddings.weight")), None)
+                if key is not None:
+                    return fh.get_tensor(key).float()
+        else:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            key = next((k for k in state if k.endswith("word_embeddings.weight")), None)
+            if key is not None:
+                return state[key].float()
+        raise ValueError(f"{f}: no word_embeddings.weight tensor")
+    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin to read embeddings from")
+
+
+def init_embeddings(model: nn.Module, table: torch.Tensor, origin: str) -> None:
+    embed = getattr(model, "embed", None)
+    if not isinstance(embed, nn.Embedding):
+        raise ValueError("student.embeddings: only text students have a token embedding table")
+    if tuple(table.shape) != tuple(embed.weight.shape):
+        raise ValueError(f"student.embeddings: {origin} holds a {tuple(table.shape)} table, the student "
+                         f"{tuple(embed.weight.shape)}; set student.width = {table.shape[1]} (and use its tokenizer)")
+    with torch.no_grad():
+        embed.weight.copy_(table)
+
+
 def feature_dim(model: nn.Module, spec: StudentSpec) -> int:
     """Width of h, found by one forward pass on a dummy input."""
     model_was_training = model.training
@@ -221,5 +260,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["StudentSpec", "build_student", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
+__all__ = ["StudentSpec", "build_student", "read_word_embeddings", "init_embeddings", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
            "TEXT_STUDENTS"]

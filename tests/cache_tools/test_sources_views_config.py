@@ -9,7 +9,7 @@ from PIL import Image
 
 from featcache.cache_tools.config import ConfigError, load_config
 from featcache.cache_tools.sources import (InputError, SourceError, default_fashion_mnist_root, fashion_mnist,
-                                           image_folder, manifest, open_source, text_categories)
+                                           image_folder, manifest, open_source, text_categories, text_folder)
 from featcache.cache_tools.views import EVAL_VIEW, apply_view, sample_view
 
 
@@ -65,6 +65,60 @@ def test_fortunes_categories():
     assert len(src.classes) > 3 and len(src) > 1000
     assert all(not c.endswith((".dat", ".u8")) for c in src.classes)
     assert src.load(0).strip() and "%" != src.load(0).strip()
+
+
+def test_fashion_mnist_gzipped_idx_files_written_here(tmp_path):
+    """The Debian package's format: four gzipped big-endian idx files."""
+    import gzip
+    import struct
+
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28) % 251
+    labels = np.array([9, 0, 4], np.uint8)
+    for prefix in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">HBB3I", 0, 8, 3, 3, 28, 28) + images.astype(np.uint8).tobytes())
+        with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">HBBI", 0, 8, 1, 3) + labels.tobytes())
+    src = fashion_mnist(str(tmp_path), split="test")
+    assert src.labels.tolist() == [9, 0, 4] and src.sample_ids[2] == "fashion_mnist/test/00002"
+    img = np.asarray(src.load(1))
+    assert img.shape == (28, 28, 3) and (img[..., 0] == images[1] % 256).all()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01"))
+    with pytest.raises(SourceError, match="idx"):
+        fashion_mnist(str(tmp_path), split="test")
+
+
+def test_text_folder_in_the_bbc_news_layout(tmp_path):
+    """One folder per class, one article per .txt; a Latin-1 file decodes, an empty one is invalid."""
+    (tmp_path / "business").mkdir()
+    (tmp_path / "sport").mkdir()
+    (tmp_path / "business" / "001.txt").write_text("Ad sales boost Time Warner profit\n\nQuarterly profits rose.")
+    (tmp_path / "business" / "002.txt").write_bytes("Prices in \u00a3 rise".encode("latin-1"))
+    (tmp_path / "sport" / "001.txt").write_text("Claxton hunting first major medal")
+    (tmp_path / "sport" / "002.txt").write_text("  \n")
+    (tmp_path / "sport" / "README.md").write_text("not a document")
+    src = text_folder(str(tmp_path))
+    assert src.classes == ["business", "sport"] and src.modality == "text"
+    assert src.sample_ids == ["business/001.txt", "business/002.txt", "sport/001.txt", "sport/002.txt"]
+    assert src.labels.tolist() == [0, 0, 1, 1]
+    assert src.load(0).startswith("Ad sales") and src.load(1) == "Prices in \u00a3 rise"
+    with pytest.raises(InputError):
+        src.load(3)
+    assert open_source(json.loads(json.dumps(src.describe()))).sample_ids == src.sample_ids
+    with pytest.raises(SourceError):
+        text_folder(str(tmp_path / "business"))  # no class folders
+
+
+def test_text_categories_in_the_fortunes_format(tmp_path):
+    """One file per category, entries between lines of '%'; strfile's .dat/.u8 files are skipped."""
+    (tmp_path / "computers").write_text("Bugs are features.\n%\nReboot.\nTwice.\n%\n")
+    (tmp_path / "computers.dat").write_bytes(b"\x00\x02binary")
+    (tmp_path / "love").write_text("All you need.\n%\n")
+    (tmp_path / "love.u8").write_text("All you need.\n%\n")
+    src = text_categories(str(tmp_path))
+    assert src.classes == ["computers", "love"]
+    assert [src.load(i) for i in range(len(src))] == ["Bugs are features.", "Reboot.\nTwice.", "All you need."]
+    assert src.labels.tolist() == [0, 0, 1]
 
 
 def test_views_replay_and_encoding():
