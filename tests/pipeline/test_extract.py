@@ -14,6 +14,7 @@ import torch
 from featcache.cache_tools import FeatureCache, FingerprintMismatch, verify
 from featcache.cache_tools.sources import image_folder
 from featcache.cache_tools.views import apply_view
+from featcache.cache_tools.config import load_config
 from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.extract import ExtractError
 from featcache.pipeline.teachers import build_teacher
@@ -168,6 +169,18 @@ def test_cli_errors_are_one_line(tmp_path):
     cfg.write_text('[source]\nkind = "image_folder"\nroot = "/no/such/dir"\n')
     res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "/no/such/dir: image folder not found" in res.stderr
+    res = subprocess.run([_exe("featcache-extract"), str(cfg), "--teachers", "clip"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--teachers: clip not in the config" in res.stderr
+
+
+def test_teachers_flag_runs_a_subset(images, timm_ckpt, clip_files, tmp_path):
+    from featcache.pipeline.cli import select_teachers
+    from featcache.pipeline.config import ExtractConfig
+
+    data = {"source": {"kind": "image_folder", "root": images}, "output": {"store": str(tmp_path / "s.zarr")},
+            "teachers": [timm_teacher(timm_ckpt), clip_teacher(clip_files)]}
+    cfg = select_teachers(load_config(ExtractConfig, data=data), "effnet")
+    assert [t.name for t in cfg.teachers] == ["effnet"]
 
 
 def test_never_overwrites_foreign_data_but_restarts_a_cut_off_creation(images, timm_ckpt, tmp_path):

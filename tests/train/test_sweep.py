@@ -63,9 +63,10 @@ def test_sweep_compare_and_rerun(synth, tmp_path):
             assert (runs_dir / d / "train.log").exists()
     assert {k: len(v) for k, v in results.items()} == {"stl": 2, "aft": 2}
 
-    out = subprocess.run([EXE, "compare", str(runs_dir), "--csv", str(tmp_path / "t.csv")],
-                         capture_output=True, text=True)
+    out = subprocess.run([EXE, "compare", str(runs_dir), "--csv", str(tmp_path / "t.csv"),
+                          "--plot", str(tmp_path / "t.png")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert "| stl |" in out.stdout and "| aft |" in out.stdout
     rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "t.csv"))}
     for method, accs in results.items():
