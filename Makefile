@@ -64,13 +64,40 @@ train-text: setup
 	@test -d $(TEXT_STORE) || $(MAKE) extract-text
 	$(BIN)/featcache-train configs/demo_text_train.toml
 
-# Task-oriented transfer: labeled queries, retrieved and random transfer sets, then the comparison.
-tokt: setup
+# The README's Results: every method x 3 seeds on both demo caches, then the tables and the
+# teachers' probes. Around 80 minutes on 2 CPU cores; an interrupted run continues where it stopped.
+EV := runs/evidence
+SEEDS := seed=0,1,2
+evidence: setup
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
-	$(BIN)/featcache-cache subset $(STORES)/train.zarr --labels-per-class 10 --out $(STORES)/labeled10.zarr --overwrite
-	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/train.zarr \
+	@test -d $(TEXT_STORE) || $(MAKE) extract-text
+	$(BIN)/featcache-extract configs/demo_vision.toml --add-teacher --set source.split=test --set source.limit=0 \
+	  --set output.store=$(STORES)/test.zarr
+	$(BIN)/featcache-train sweep configs/demo_train.toml --out $(EV)/vision --grid $(SEEDS) \
+	  --grid method=stl,kd_feat,rkd,kd_pred,aft --grid aft.beta=0.1,1
+	$(BIN)/featcache-train sweep configs/demo_train.toml --out $(EV)/vision --grid $(SEEDS) --grid method=aft \
+	  --grid 'data.teachers=[effnet_lite0],[effnet_lite1,effnet_lite2]'
+	$(BIN)/featcache-train sweep configs/demo_train.toml --out $(EV)/vision --grid $(SEEDS) \
+	  --grid method=kd_pred,aft --grid data.unlabeled_per_batch=120
+	$(BIN)/featcache-train sweep configs/demo_text_train.toml --out $(EV)/text --grid $(SEEDS) \
+	  --grid method=stl,kd_feat,rkd,kd_pred,aft --grid aft.beta=0.1,1
+	$(BIN)/featcache-train sweep configs/demo_text_train.toml --out $(EV)/text --grid $(SEEDS) \
+	  --grid method=kd_pred,aft --grid data.unlabeled_per_batch=30
+	$(BIN)/featcache-train compare $(EV)/vision --csv $(EV)/vision.csv --plot $(EV)/vision.png
+	$(BIN)/featcache-train compare $(EV)/text --csv $(EV)/text.csv --plot $(EV)/text.png
+	$(BIN)/featcache-train probe configs/demo_train.toml --set out_dir=$(EV)/vision_probe
+	$(BIN)/featcache-train probe configs/demo_text_train.toml --set out_dir=$(EV)/text_probe
+
+# Task-oriented transfer: a 10,000-image pool (one teacher), labeled queries, retrieved and random
+# transfer sets, then the comparison of 5 methods x 3 seeds.
+tokt: setup
+	@test -d $(STORES)/test.zarr || $(MAKE) extract
+	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.limit=10000 \
+	  --set output.store=$(STORES)/pool.zarr
+	$(BIN)/featcache-cache subset $(STORES)/pool.zarr --labels-per-class 10 --out $(STORES)/labeled10.zarr --overwrite
+	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/pool.zarr \
 	  --teacher effnet_lite0 --per-query 20 --out $(STORES)/transfer.zarr --overwrite
-	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/train.zarr \
+	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/pool.zarr \
 	  --teacher effnet_lite0 --per-query 20 --random --out $(STORES)/transfer_random.zarr --overwrite
 	$(BIN)/featcache-train tokt configs/demo_tokt.toml --compare
 

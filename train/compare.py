@@ -20,6 +20,8 @@ METHOD_PARAMS = {"aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("
                  "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",),
                  "distill_features": ("kd_beta",)}
 NOT_GROUPING = {"out_dir", "seed"}
+# keys only the feature methods read: they never split STL's runs, and STL is the baseline for all of them
+FEATURE_KEYS = {"data.teachers", "data.standardize_teachers", "data.unlabeled_per_batch", "data.max_ram_gb"}
 
 
 @dataclass
@@ -117,12 +119,12 @@ def grouping_keys(runs: list[Run], root: str) -> tuple[list[str], dict[str, list
 
 
 def _short(key: str) -> str:
-    return key.removeprefix("method.")
+    return key.removeprefix("method.").removeprefix("data.")
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, tuple):
-        return "+".join(map(str, value))
+        return "+".join(map(str, value)) or "all"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -130,7 +132,8 @@ def group(runs: list[Run], root: str) -> list[Row]:
     shared, per_method = grouping_keys(runs, root)
     rows: dict[tuple, Row] = {}
     for r in runs:
-        setting = {k: r.config.get(k) for k in shared + per_method[r.method]}
+        mine = [k for k in shared if not (r.method == "stl" and k in FEATURE_KEYS)]
+        setting = {k: r.config.get(k) for k in mine + per_method[r.method]}
         key = (r.method, tuple(sorted((k, str(v)) for k, v in setting.items())))
         if key not in rows:
             label = " ".join([r.method] + [f"{_short(k)}={_fmt(v)}" for k, v in setting.items()])
@@ -142,9 +145,10 @@ def group(runs: list[Run], root: str) -> list[Row]:
 
 def stl_baseline(row: Row, rows: list[Row], shared: list[str]) -> Row | None:
     """The STL row with the same shared setting (label budget, student, ...) as ``row``."""
-    want = {k: row.setting.get(k) for k in shared}
+    keys = [k for k in shared if k not in FEATURE_KEYS]
+    want = {k: row.setting.get(k) for k in keys}
     for other in rows:
-        if other.method == "stl" and {k: other.setting.get(k) for k in shared} == want:
+        if other.method == "stl" and {k: other.setting.get(k) for k in keys} == want:
             return other
     return None
 

@@ -22,6 +22,10 @@ class DataConfig:
     test_fraction: float = 0.2
     split_seed: int = 0  # carving val/test and the label budget: fixed so seeds compare on one split
     label_budget: int = 0  # labeled training rows per class; 0 = all
+    # feature methods: add this many rows from outside the label budget to every batch; their cached
+    # features join the method's feature term (AFT's kernel, KD, RKD, kd_pred's soft labels), their
+    # labels are never read. 0 = labeled rows only (the papers' setting). Features must fit max_ram_gb.
+    unlabeled_per_batch: int = 0
     max_ram_gb: float = 4.0  # hold features in memory up to this size, else stream chunks
     tokenizer: str = ""  # local Hugging Face tokenizer directory (text students)
     decode_threads: int = 2
@@ -33,6 +37,8 @@ class DataConfig:
                 errors.append(f"{name}: must be in [0, 1)")
         if self.label_budget < 0:
             errors.append("label_budget: must be >= 0")
+        if self.unlabeled_per_batch < 0:
+            errors.append("unlabeled_per_batch: must be >= 0")
         if self.max_ram_gb <= 0:
             errors.append("max_ram_gb: must be > 0")
         if not self.store:

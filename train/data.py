@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -185,6 +185,9 @@ class Split:
     cache: FeatureCache
     inputs: Inputs
     rows: np.ndarray
+    # training split only: valid rows outside train/val/test (beyond the label budget, or
+    # unlabeled); their features may join batches (data.unlabeled_per_batch), never their labels
+    unlabeled: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     @property
     def labels(self) -> np.ndarray:
@@ -205,6 +208,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     train_rows = cache.labeled_rows()
     if len(train_rows) == 0:
         raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
+    held_out = []
     splits: dict[str, Split] = {}
     for name, path, fraction in (("test", cfg.test_store, cfg.test_fraction), ("val", cfg.val_store, cfg.val_fraction)):
         if path:  # a split of its own
@@ -212,8 +216,10 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
         else:  # carved out of the training rows with split_seed
             train_rows, carved = carve(train_rows, fraction, rng)
             splits[name] = Split(name, cache, inputs, carved)
+            held_out.append(carved)
     train_rows = label_budget(train_rows, cache.labels, cfg.label_budget, rng)
-    splits["train"] = Split("train", cache, inputs, train_rows)
+    unlabeled = np.setdiff1d(np.flatnonzero(cache.valid), np.concatenate([train_rows, *held_out]))
+    splits["train"] = Split("train", cache, inputs, train_rows, unlabeled)
     classes = source.classes or []
     num_classes = max(len(classes), int(cache.labels.max()) + 1)
     return splits, num_classes

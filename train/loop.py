@@ -105,8 +105,12 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 
 def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
-                  rng: np.random.Generator):
-    """(inputs, features or None, labels) with each row's view drawn at random when the store has several."""
+                  rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None):
+    """(inputs, features or None, labels) with each row's view drawn at random when the store has several.
+
+    ``extra`` rows drawn from ``pool`` (rows outside the label budget) join every batch with
+    label -1: the feature terms see them, cross-entropy does not.
+    """
     if bank is None:
         perm = rng.permutation(rows)
         pairs = ((perm[i:i + batch_size], None) for i in range(0, len(perm) - batch_size + 1, batch_size))
@@ -114,6 +118,12 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
         pairs = bank.epoch(rows, batch_size, rng)
     views = split.cache.views
     for ids, feats in pairs:
+        labels = split.cache.labels[ids]
+        if extra and pool is not None and len(pool):
+            more = rng.choice(pool, size=min(extra, len(pool)), replace=False)
+            ids = np.concatenate([ids, more])
+            feats = np.concatenate([feats, bank.take(more)])
+            labels = np.concatenate([labels, np.full(len(more), -1, labels.dtype)])
         params = None
         if views > 1:
             v = rng.integers(0, views, size=len(ids))
@@ -122,7 +132,7 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
             if split.cache.view_param_names:
                 params = split.cache.view_params[ids, v]
         phi = None if feats is None else torch.from_numpy(feats)
-        yield split.inputs.batch(ids, params), phi, torch.from_numpy(split.cache.labels[ids])
+        yield split.inputs.batch(ids, params), phi, torch.from_numpy(labels)
 
 
 @torch.no_grad()
@@ -190,6 +200,13 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     needs_features = cfg.method.name != "stl"
     bank = FeatureBank(train.cache, cfg.data.teachers, train.rows, cfg.data.max_ram_gb,
                        cfg.data.standardize_teachers) if needs_features else None
+    extra = cfg.data.unlabeled_per_batch if bank is not None else 0
+    if extra and not bank.in_memory:
+        raise ValueError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "
+                         f"(they are {bank.dim}-d over {train.cache.rows} rows)")
+    if extra:
+        log(f"unlabeled rows: {extra} per batch from {len(train.unlabeled)} rows outside the label budget "
+            "(features only)")
     if bank is not None:
         log(f"features: {', '.join(bank.teachers)} (dim {bank.dim}), "
             f"{'in memory' if bank.in_memory else 'streamed chunk by chunk'}")
@@ -234,7 +251,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         t0, rows_done = time.time(), 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if dist_.is_main else True,
                    file=sys.stderr, leave=False)
-        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng)
+        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, shard_rows(train.unlabeled, dist_))
         for step, (x, phi, y) in zip(range(steps), batches):
             x, y = to_device(x, device), y.to(device)
             phi = None if phi is None else phi.to(device)

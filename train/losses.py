@@ -57,6 +57,12 @@ def rkd_angle(h: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(angles(h.float()), target)
 
 
+def labeled_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled rows only: rows marked -1 (unlabeled rows mixed into the
+    batch for the feature terms, ``data.unlabeled_per_batch``) add nothing to it."""
+    return F.cross_entropy(logits, y, ignore_index=-1)
+
+
 class Method(nn.Module):
     """Base: cross-entropy only (STL). Subclasses add their terms and parameters."""
 
@@ -66,7 +72,7 @@ class Method(nn.Module):
 
     def forward(self, logits: torch.Tensor, h: torch.Tensor, phi: torch.Tensor | None,
                 y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(logits, y)}
+        return {"ce": labeled_ce(logits, y)}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Extra parameters with their own optimiser settings (none for STL)."""
@@ -83,7 +89,7 @@ class AFT(Method):
         self.beta, self.prior_lr = beta, prior_lr
 
     def forward(self, logits, h, phi, y):
-        return {"ce": F.cross_entropy(logits, y), "aft": self.beta * aft_regularizer(h, phi, self.s)}
+        return {"ce": labeled_ce(logits, y), "aft": self.beta * aft_regularizer(h, phi, self.s)}
 
     def param_groups(self, lr, weight_decay):
         return [{"params": [self.s], "lr": self.prior_lr, "weight_decay": 0.0, "name": "aft_s"}]
@@ -101,7 +107,7 @@ class FeatureKD(Method):
         self.beta = beta
 
     def forward(self, logits, h, phi, y):
-        return {"ce": F.cross_entropy(logits, y),
+        return {"ce": labeled_ce(logits, y),
                 "kd_feat": self.beta * F.mse_loss(self.proj(h.float()), phi.float())}
 
     def param_groups(self, lr, weight_decay):
@@ -118,7 +124,7 @@ class RKD(Method):
         self.wd, self.wa = distance_weight, angle_weight
 
     def forward(self, logits, h, phi, y):
-        return {"ce": F.cross_entropy(logits, y), "rkd_dist": self.wd * rkd_distance(h, phi),
+        return {"ce": labeled_ce(logits, y), "rkd_dist": self.wd * rkd_distance(h, phi),
                 "rkd_angle": self.wa * rkd_angle(h, phi)}
 
 
@@ -137,7 +143,7 @@ class PredictionKD(Method):
         with torch.no_grad():
             target = F.softmax(self.probe(phi.float()) / self.t, dim=1)
         kl = F.kl_div(F.log_softmax(logits.float() / self.t, dim=1), target, reduction="batchmean")
-        return {"ce": (1 - self.alpha) * F.cross_entropy(logits, y), "kd": self.alpha * self.t ** 2 * kl}
+        return {"ce": (1 - self.alpha) * labeled_ce(logits, y), "kd": self.alpha * self.t ** 2 * kl}
 
 
 def soft_target_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

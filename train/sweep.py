@@ -164,7 +164,8 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
             log(f"  {status(r):<6} {r.name}")
         return {"root": root, "runs": len(runs), "ran": 0, "failed": []}
     os.makedirs(root, exist_ok=True)
-    write_json_atomic(os.path.join(root, "sweep.json"), {
+    grid_id = hashlib.sha256(json.dumps([config_path, list(overrides), list(grid)]).encode()).hexdigest()[:8]
+    write_json_atomic(os.path.join(root, f"sweep-{grid_id}.json"), {
         "config": os.path.abspath(config_path), "overrides": list(overrides), "grid": list(grid),
         "axes": [{"key": a.key, "values": list(a.values), "only_method": a.only_method} for a in axes],
         "runs": [r.name for r in runs]})

@@ -1,5 +1,6 @@
 """featcache-train end to end on small real stores."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,6 +42,24 @@ def test_aft_beats_stl_with_few_labels(synth, tmp_path):
         aft = run(cfg_for(train, test, tmp_path / f"aft{seed}", method="aft", seed=seed), log=quiet)
         gains.append(aft["test_accuracy"] - stl["test_accuracy"])
     assert min(gains) > 0.05 and np.mean(gains) > 0.1, gains
+
+
+def test_unlabeled_rows_join_the_feature_term_but_never_their_labels(synth, tmp_path):
+    from featcache.train.data import FeatureBank, build_splits
+    from featcache.train.loop import train_batches
+
+    train, test = synth
+    cfg = cfg_for(train, test, tmp_path, data={"unlabeled_per_batch": 16, "val_fraction": 0.1})
+    splits, _ = build_splits(cfg.data, cfg.student)
+    tr = splits["train"]
+    assert len(tr.rows) == 4 * 25 and len(tr.unlabeled) == 1200 - 120 - 100
+    assert not set(tr.unlabeled) & (set(tr.rows) | set(splits["val"].rows))
+    bank = FeatureBank(tr.cache, (), tr.rows, 4.0)
+    x, phi, y = next(train_batches(tr, bank, tr.rows, 32, np.random.default_rng(0), 16, tr.unlabeled))
+    assert x.shape[0] == phi.shape[0] == y.shape[0] == 48
+    assert (y[32:] == -1).all() and (y[:32] >= 0).all()  # labels of the extra rows are hidden
+    res = run(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2)), log=quiet)
+    assert res["test_accuracy"] is not None and set(res["final_losses"]) == {"ce", "aft"}
 
 
 @pytest.mark.parametrize("method", ["kd_feat", "rkd", "kd_pred"])

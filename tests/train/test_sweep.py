@@ -115,8 +115,17 @@ def test_compare_groups_swept_values_and_errors(tmp_path):
     fake("s1", "stl", 1, 0.80)
     fake("a0", "aft", 0, 0.85, beta=1.0)
     fake("a1", "aft", 1, 0.75, beta=10.0)
+    fake("u0", "aft", 0, 0.90, beta=1.0)
+    data = json.loads((tmp_path / "u0" / "results.json").read_text())
+    data["config"]["data"]["unlabeled_per_batch"] = 8
+    (tmp_path / "u0" / "results.json").write_text(json.dumps(data))
     table = {r["method"]: r for r in summarize(str(tmp_path))}
-    assert set(table) == {"stl", "aft beta=1", "aft beta=10"}  # stl is not split by aft's beta
+    # stl is split neither by aft's beta nor by a key only feature methods read
+    assert set(table) == {"stl", "aft unlabeled_per_batch=None beta=1", "aft unlabeled_per_batch=None beta=10",
+                          "aft unlabeled_per_batch=8 beta=1"}
+    assert table["aft unlabeled_per_batch=8 beta=1"]["error_vs_stl"] == pytest.approx(0.10 / 0.25)
+    for name in ("aft beta=1", "aft beta=10"):
+        table[name] = table.pop(f"aft unlabeled_per_batch=None {name[4:]}")
     assert table["stl"]["test_accuracy_mean"] == pytest.approx(0.75)
     assert table["stl"]["test_accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert table["aft beta=1"]["error_vs_stl"] == pytest.approx(0.15 / 0.25)
