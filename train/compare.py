@@ -16,9 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-METHOD_PARAMS = {"aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
-                 "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",),
-                 "distill_features": ("kd_beta",)}
+from .config import METHOD_PARAMS
+
 NOT_GROUPING = {"out_dir", "seed"}
 # keys only the feature methods read: they never split STL's runs, and STL is the baseline for all of them
 FEATURE_KEYS = {"data.teachers", "data.standardize_teachers", "data.unlabeled_per_batch", "data.max_ram_gb"}

@@ -8,6 +8,10 @@ from typing import Literal
 
 Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
 UNLABELED_METHODS = ("distill_logits", "distill_features")
+# the [method] keys each method reads; the others do not change what a run computes
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "stl": (), "aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
+    "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",), "distill_features": ("kd_beta",)}
 
 
 @dataclass(frozen=True)
