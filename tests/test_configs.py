@@ -12,8 +12,9 @@ from featcache.train.config import TrainConfig
 from featcache.train.tokt import ToktConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMAS = {"demo_vision.toml": ExtractConfig, "demo_text.toml": ExtractConfig, "demo_train.toml": TrainConfig,
-           "demo_text_train.toml": TrainConfig, "demo_tokt.toml": ToktConfig, "demo_finetune.toml": FinetuneConfig}
+SCHEMAS = {"demo_vision.toml": ExtractConfig, "demo_text.toml": ExtractConfig, "fortunes.toml": ExtractConfig,
+           "demo_train.toml": TrainConfig, "demo_text_train.toml": TrainConfig, "demo_tokt.toml": ToktConfig,
+           "demo_finetune.toml": FinetuneConfig}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))

@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .config import METHOD_PARAMS
+from .config import FEATURE_DATA_KEYS, METHOD_PARAMS
 
 NOT_GROUPING = {"out_dir", "seed"}
-# keys only the feature methods read: they never split STL's runs, and STL is the baseline for all of them
-FEATURE_KEYS = {"data.teachers", "data.standardize_teachers", "data.unlabeled_per_batch", "data.max_ram_gb"}
+# keys only the feature methods read never split STL's runs: STL is the baseline for all of them
+FEATURE_KEYS = {f"data.{k}" for k in FEATURE_DATA_KEYS}
 
 
 @dataclass

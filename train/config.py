@@ -12,6 +12,8 @@ UNLABELED_METHODS = ("distill_logits", "distill_features")
 METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "stl": (), "aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
     "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",), "distill_features": ("kd_beta",)}
+# the [data] keys only methods with teacher features read
+FEATURE_DATA_KEYS = ("teachers", "standardize_teachers", "unlabeled_per_batch", "max_ram_gb")
 
 
 @dataclass(frozen=True)

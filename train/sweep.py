@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from featcache.cache_tools.config import ConfigError, load_config, parse_override, to_dict
 
 from .checkpoint import write_json_atomic
-from .config import METHOD_PARAMS, Method, TrainConfig
+from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, Method, TrainConfig
 
 Log = Callable[[str], None]
 METHOD_NAMES = typing.get_args(Method)
@@ -96,11 +96,13 @@ def parse_axis(text: str) -> Axis:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short hash of what a run computes: its resolved config without out_dir (where it goes) and
-    without the [method] keys its method never reads (STL is the same run whatever aft.beta is)."""
+    without the keys its method never reads (STL is the same run whatever aft.beta or the teachers)."""
     body = {k: v for k, v in config.items() if k != "out_dir"}
     method = body.get("method", {})
     keep = ("name",) + METHOD_PARAMS.get(method.get("name", ""), tuple(method))
     body["method"] = {k: v for k, v in method.items() if k in keep}
+    if method.get("name") == "stl":
+        body["data"] = {k: v for k, v in body.get("data", {}).items() if k not in FEATURE_DATA_KEYS}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from featcache.cache_tools.config import ConfigError
-from featcache.train.sweep import parse_axis, plan, split_values
+from featcache.train.sweep import parse_axis, plan, split_values  # noqa: F401
 
 from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
 
@@ -44,6 +44,15 @@ def test_plan_dedupes_and_names_runs_by_config(synth, tmp_path):
     assert all(r.config["out_dir"] == os.path.join(str(tmp_path / "runs"), r.name) for r in runs)
     with pytest.raises(ConfigError, match="beta"):
         plan(cfg, [], [parse_axis("aft.beta=fast")])
+    # a method key STL never reads does not rename STL's run (configs can change beta, runs stay found)
+    stl_a = plan(cfg, ["method.beta=3"], [parse_axis("method=stl")])
+    stl_b = plan(cfg, ["method.beta=30"], [parse_axis("method=stl")])
+    aft_a = plan(cfg, ["method.beta=3"], [parse_axis("method=aft")])
+    aft_b = plan(cfg, ["method.beta=30"], [parse_axis("method=aft")])
+    assert stl_a[0].name == stl_b[0].name and aft_a[0].name != aft_b[0].name
+    stl_u = plan(cfg, ["data.unlabeled_per_batch=8"], [parse_axis("method=stl")])
+    aft_u = plan(cfg, ["data.unlabeled_per_batch=8", "method.beta=3"], [parse_axis("method=aft")])
+    assert stl_u[0].name == stl_a[0].name and aft_u[0].name != aft_a[0].name
 
 
 def test_sweep_compare_and_rerun(synth, tmp_path):
