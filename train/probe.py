@@ -52,16 +52,24 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
     teachers = list(cfg.data.teachers) or list(train.cache.teachers)
     out: dict[str, dict[str, float | None]] = {}
     log(f"| teacher | dim | train rows | val accuracy | test accuracy |\n|---|---|---|---|---|")
-    for name in teachers:
-        bank = FeatureBank(train.cache, (name,), train.rows, cfg.data.max_ram_gb)
+    groups = [(t,) for t in teachers] + ([tuple(teachers)] if len(teachers) > 1 else [])
+    for group in groups:  # each teacher, then all of them concatenated (what kd_pred's head is fitted on)
+        name = "+".join(group)
+        std = cfg.data.standardize_teachers
+        bank = FeatureBank(train.cache, group, train.rows, cfg.data.max_ram_gb, std)
         probe = fit_linear_probe(bank.take_eval(train.rows), train.labels, num_classes, seed=cfg.seed)
         scores: dict[str, float | None] = {}
         for split_name in ("val", "test"):
             split = splits[split_name]
-            if len(split.rows) == 0 or name not in split.cache.teachers:
+            if len(split.rows) == 0 or any(t not in split.cache.teachers for t in group):
                 scores[split_name] = None
                 continue
-            feats = FeatureBank(split.cache, (name,), split.rows, cfg.data.max_ram_gb).take_eval(split.rows)
+            if split.cache is train.cache:
+                feats = bank.take_eval(split.rows)
+            else:  # another store: the training rows' standardisation, not its own
+                feats = FeatureBank(split.cache, group, split.rows, cfg.data.max_ram_gb).take_eval(split.rows)
+                if bank.shift is not None:
+                    feats = (feats - bank.shift) / bank.scale
             scores[split_name] = probe_accuracy(probe, feats, split.labels)
         out[name] = scores
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
