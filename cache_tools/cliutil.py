@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -40,6 +41,9 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, handler: Callable[[argpa
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no error, no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (CacheError, UsageError, OSError, ValueError, KeyError) as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
