@@ -152,3 +152,15 @@ def test_probe_scores_each_teacher_on_val_and_test(synth, tmp_path):
     # the oracle teacher's features are a linear map of the label's latent: its probe is near perfect
     assert scores["oracle"]["test"] > 0.85 and scores["oracle"]["val"] > 0.85
     assert "| oracle | 48 | 100 |" in out.stdout
+
+
+def test_parallel_jobs_give_the_same_runs(synth, tmp_path):
+    """--jobs 2: two processes, each run in its own directory with its own log and results."""
+    train, test = synth
+    runs_dir = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=1, batch_size=32, width=16)
+    res = sweep(cfg, "--grid", "seed=0,1", "--set", "method.name=stl", "--jobs", "2")
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    assert "2 at a time" in res.stdout
+    done = [d for d in os.listdir(runs_dir) if (runs_dir / d / "results.json").exists()]
+    assert len(done) == 2 and all((runs_dir / d / "train.log").stat().st_size > 0 for d in done)
