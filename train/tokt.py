@@ -123,7 +123,9 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | 
                         student={"checkpoint": os.path.join(pre.out_dir, "student.pt")})
     log(f"step 3: fine-tune with {cfg.tokt.finetune_method} on {cfg.data.store}")
     res = run(fine, log=log)
-    summary = {**res, "variant": "task_agnostic" if features_only else "tokt", "transfer_store": transfer,
+    variant = "task_agnostic" if features_only else "tokt_random" if transfer_store == cfg.tokt.random_transfer_store \
+        else "tokt"
+    summary = {**res, "variant": variant, "transfer_store": transfer,
                "pretrain_test_accuracy": pre_res["test_accuracy"], "tokt": to_dict(cfg)["tokt"]}
     write_json_atomic(os.path.join(out, "results.json"), summary)
     return summary
