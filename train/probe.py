@@ -36,6 +36,23 @@ def probe_accuracy(probe: nn.Linear, features: np.ndarray, labels: np.ndarray) -
     return float((pred == labels).mean())
 
 
+def knn_accuracy(train_feats: np.ndarray, train_labels: np.ndarray, feats: np.ndarray, labels: np.ndarray,
+                 k: int = 5) -> float:
+    """Cosine k-nearest-neighbour vote (features centred on the training rows): how far the
+    teacher's similarities alone, what AFT and RKD transfer, follow the task."""
+    mean = train_feats.mean(0, keepdims=True)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x - mean
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    sims = unit(feats.astype(np.float32)) @ unit(train_feats.astype(np.float32)).T
+    nearest = np.argsort(-sims, axis=1)[:, :k]
+    classes = int(max(train_labels.max(), labels.max())) + 1
+    votes = np.stack([np.bincount(row, minlength=classes) for row in train_labels[nearest]])
+    return float((votes.argmax(1) == labels).mean())
+
+
 def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
     """Each teacher's linear probe on the run's labeled training rows, scored on val and test.
 
@@ -51,13 +68,14 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
     train = splits["train"]
     teachers = list(cfg.data.teachers) or list(train.cache.teachers)
     out: dict[str, dict[str, float | None]] = {}
-    log(f"| teacher | dim | train rows | val accuracy | test accuracy |\n|---|---|---|---|---|")
+    log("| teacher | dim | train rows | val accuracy | test accuracy | test 5-NN accuracy |\n|---|---|---|---|---|---|")
     groups = [(t,) for t in teachers] + ([tuple(teachers)] if len(teachers) > 1 else [])
     for group in groups:  # each teacher, then all of them concatenated (what kd_pred's head is fitted on)
         name = "+".join(group)
         std = cfg.data.standardize_teachers
         bank = FeatureBank(train.cache, group, train.rows, cfg.data.max_ram_gb, std)
-        probe = fit_linear_probe(bank.take_eval(train.rows), train.labels, num_classes, seed=cfg.seed)
+        train_feats = bank.take_eval(train.rows)
+        probe = fit_linear_probe(train_feats, train.labels, num_classes, seed=cfg.seed)
         scores: dict[str, float | None] = {}
         for split_name in ("val", "test"):
             split = splits[split_name]
@@ -71,9 +89,12 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
                 if bank.shift is not None:
                     feats = (feats - bank.shift) / bank.scale
             scores[split_name] = probe_accuracy(probe, feats, split.labels)
+            if split_name == "test":
+                scores["test_knn5"] = knn_accuracy(train_feats, train.labels, feats, split.labels)
         out[name] = scores
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        log(f"| {name} | {bank.dim} | {len(train.rows)} | {fmt(scores['val'])} | {fmt(scores['test'])} |")
+        log(f"| {name} | {bank.dim} | {len(train.rows)} | {fmt(scores['val'])} | {fmt(scores['test'])} | "
+            f"{fmt(scores.get('test_knn5'))} |")
     os.makedirs(cfg.out_dir, exist_ok=True)
     write_json_atomic(os.path.join(cfg.out_dir, "probe.json"), out)
     return out

@@ -195,6 +195,8 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
             pending = [(r, pool.apply_async(_execute, (r.config, status(r) == "resume", threads))) for r in todo]
             for i, (r, handle) in enumerate(pending, 1):
                 report(i, r, handle.get())
+            pool.close()  # let the workers exit on their own (terminate() would leak their semaphores)
+            pool.join()
     log(f"sweep: {len(todo) - len(failed)} runs finished in {time.time() - t0:.0f} s"
         + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     return {"root": root, "runs": len(runs), "ran": len(todo), "failed": failed}
