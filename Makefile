@@ -10,6 +10,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes
 
 STORES := stores/fashion_mnist
+# no Debian package (and no root to install it): torchvision downloads Fashion-MNIST (online)
+FMNIST_SET := $(if $(wildcard $(FASHION_MNIST)),,--set source.download=true)
 TEXT_STORE := stores/bbc_news/all.zarr
 .PHONY: setup data test demo demo-text extract extract-text train train-text evidence tokt bench clean
 
@@ -36,8 +38,8 @@ test: setup
 # (the paper's setting: labeled images only; the Lite0 teacher, the AFT variant validation chose)
 # and the default (prediction KD with the cached features of the unlabeled images), and the table.
 demo: setup
-	$(BIN)/featcache-extract configs/demo_vision.toml
-	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.split=test \
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET)
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers effnet_lite0 --set source.split=test \
 	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
 	$(BIN)/featcache-train sweep configs/demo_train.toml --out runs/demo --grid method=stl,aft \
 	  --set data.unlabeled_per_batch=0 --set 'data.teachers=["effnet_lite0"]'
@@ -54,14 +56,14 @@ demo-text: setup
 # Stage 1 on the demo config: the first 3,000 training images (three teachers) and the
 # 10,000 test images (one teacher suffices to evaluate; the others add their probe scores).
 extract: setup
-	$(BIN)/featcache-extract configs/demo_vision.toml
-	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.split=test \
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET)
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers effnet_lite0 --set source.split=test \
 	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
 
 extract-text: setup
 	$(BIN)/featcache-extract configs/demo_text.toml
 
-# Stage 2 on the demo config (AFT); needs the stores `make extract` writes.
+# Stage 2 on the demo config (its default method); needs the stores `make extract` writes.
 train: setup
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
 	$(BIN)/featcache-train configs/demo_train.toml
@@ -71,7 +73,7 @@ train-text: setup
 	$(BIN)/featcache-train configs/demo_text_train.toml
 
 # The README's Results: every method x 3 seeds on both demo caches, then the tables and the
-# teachers' probes. Around 80 minutes on 2 CPU cores; an interrupted run continues where it stopped.
+# teachers' probes. About two hours on 2 CPU cores; an interrupted run continues where it stopped.
 EV := runs/evidence
 SEEDS := seed=0,1,2
 # the held-out text check: the BBC recipe on fortunes (15,217 entries in 43 categories), 10 labels per
@@ -81,7 +83,7 @@ FORTUNES_SET := --set data.store=stores/fortunes/all.zarr --set data.label_budge
 evidence: setup
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
 	@test -d $(TEXT_STORE) || $(MAKE) extract-text
-	$(BIN)/featcache-extract configs/demo_vision.toml --add-teacher --set source.split=test --set source.limit=0 \
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --add-teacher --set source.split=test --set source.limit=0 \
 	  --set output.store=$(STORES)/test.zarr
 	$(BIN)/featcache-extract configs/fortunes.toml
 	$(BIN)/featcache-train sweep configs/demo_train.toml --out $(EV)/vision --grid $(SEEDS) \
@@ -105,7 +107,7 @@ evidence: setup
 # transfer sets, then the comparison of 5 methods x 3 seeds.
 tokt: setup
 	@test -d $(STORES)/test.zarr || $(MAKE) extract
-	$(BIN)/featcache-extract configs/demo_vision.toml --teachers effnet_lite0 --set source.limit=10000 \
+	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers effnet_lite0 --set source.limit=10000 \
 	  --set output.store=$(STORES)/pool.zarr
 	$(BIN)/featcache-cache subset $(STORES)/pool.zarr --labels-per-class 10 --out $(STORES)/labeled10.zarr --overwrite
 	$(BIN)/featcache-cache retrieve --queries $(STORES)/labeled10.zarr --pool $(STORES)/pool.zarr \
