@@ -100,12 +100,17 @@ def cache_task_logits(transfer_store: str, teacher: str, head: torch.nn.Linear, 
     return name
 
 
-def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | None = None,
-             features_only: bool = False, log: Log = print) -> dict[str, Any]:
-    """The three steps; ``features_only`` gives the task-agnostic baseline (step 2 on features)."""
+TOKT_VARIANTS = ("tokt", "tokt_random", "task_agnostic")
+
+
+def run_tokt(cfg: ToktConfig, out_dir: str | None = None, variant: str = "tokt", log: Log = print) -> dict[str, Any]:
+    """The three steps. ``tokt_random`` distils on the random transfer set; ``task_agnostic``
+    is the paper's baseline (step 2 matches the teacher's features instead of the task logits)."""
+    if variant not in TOKT_VARIANTS:
+        raise ValueError(f"tokt variant {variant!r} unknown (known: {', '.join(TOKT_VARIANTS)})")
     out = out_dir or cfg.out_dir
-    transfer = transfer_store or cfg.tokt.transfer_store
-    if features_only:
+    transfer = cfg.tokt.random_transfer_store if variant == "tokt_random" else cfg.tokt.transfer_store
+    if variant == "task_agnostic":
         teachers, method = (cfg.tokt.teacher,), {"name": "distill_features"}
     elif cfg.tokt.logits_teacher:
         teachers, method = (cfg.tokt.logits_teacher,), {"name": "distill_logits", "temperature": cfg.tokt.temperature}
@@ -123,8 +128,6 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | 
                         student={"checkpoint": os.path.join(pre.out_dir, "student.pt")})
     log(f"step 3: fine-tune with {cfg.tokt.finetune_method} on {cfg.data.store}")
     res = run(fine, log=log)
-    variant = "task_agnostic" if features_only else "tokt_random" if transfer_store == cfg.tokt.random_transfer_store \
-        else "tokt"
     summary = {**res, "variant": variant, "transfer_store": transfer,
                "pretrain_test_accuracy": pre_res["test_accuracy"], "tokt": to_dict(cfg)["tokt"]}
     write_json_atomic(os.path.join(out, "results.json"), summary)
@@ -132,14 +135,10 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, transfer_store: str | 
 
 
 def run_variant(cfg: ToktConfig, variant: str, seed: int, out: str, log: Log) -> dict[str, Any]:
-    """One cell of the comparison table."""
+    """One cell of the comparison table: a TOKT variant, or a plain stage-2 method."""
     seeded = dataclasses.replace(cfg, seed=seed)
-    if variant == "tokt":
-        return run_tokt(seeded, out, log=log)
-    if variant == "tokt_random":
-        return run_tokt(seeded, out, transfer_store=cfg.tokt.random_transfer_store, log=log)
-    if variant == "task_agnostic":
-        return run_tokt(seeded, out, features_only=True, log=log)
+    if variant in TOKT_VARIANTS:
+        return run_tokt(seeded, out, variant, log=log)
     return run(train_config(seeded, out_dir=out, method={"name": variant}), log=log)
 
 
