@@ -37,17 +37,13 @@ test: setup
 # The README's first command: set up, extract, then three students on the same cache: STL, AFT
 # (the paper's setting: labeled images only; the Lite0 teacher, the AFT variant validation chose)
 # and the default (prediction KD with the cached features of the unlabeled images), and the table.
-demo: setup
-	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET)
-	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers effnet_lite0 --set source.split=test \
-	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
+demo: extract
 	$(BIN)/featcache-train sweep configs/demo_train.toml --out runs/demo --grid method=stl,aft \
 	  --set data.unlabeled_per_batch=0 --set 'data.teachers=["effnet_lite0"]'
 	$(BIN)/featcache-train sweep configs/demo_train.toml --out runs/demo --grid method=kd_pred
 	$(BIN)/featcache-train compare runs/demo
 
-demo-text: setup
-	$(BIN)/featcache-extract configs/demo_text.toml
+demo-text: extract-text
 	$(BIN)/featcache-train sweep configs/demo_text_train.toml --out runs/demo_text --grid method=stl,aft \
 	  --set data.unlabeled_per_batch=0
 	$(BIN)/featcache-train sweep configs/demo_text_train.toml --out runs/demo_text --grid method=kd_pred

@@ -127,8 +127,7 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def group(runs: list[Run], root: str) -> list[Row]:
-    shared, per_method = grouping_keys(runs, root)
+def group(runs: list[Run], shared: list[str], per_method: dict[str, list[str]]) -> list[Row]:
     rows: dict[tuple, Row] = {}
     for r in runs:
         mine = [k for k in shared if not (r.method == "stl" and k in FEATURE_KEYS)]
@@ -155,8 +154,8 @@ def stl_baseline(row: Row, rows: list[Row], shared: list[str]) -> Row | None:
 def summarize(root: str) -> list[dict[str, Any]]:
     """The table as plain records (what --csv writes and the tests check)."""
     runs = load_runs(root)
-    rows = group(runs, root)
-    shared, _ = grouping_keys(runs, root)
+    shared, per_method = grouping_keys(runs, root)
+    rows = group(runs, shared, per_method)
     out = []
     for row in rows:
         base = stl_baseline(row, rows, shared)
