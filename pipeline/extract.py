@@ -54,16 +54,17 @@ class Summary:
 
 def open_source_config(cfg: SourceConfig) -> Source:
     kw: dict[str, Any] = {}
+    root = resolve_path(cfg.root)  # pkg:package/dir -> the folder inside the installed package
     if cfg.kind == "fashion_mnist":
-        kw = {"root": resolve_path(cfg.root) or None, "split": cfg.split, "download": cfg.download}
+        kw = {"root": root or None, "split": cfg.split, "download": cfg.download}
     elif cfg.kind == "manifest":
         if not cfg.path:
             raise ValueError("source.path: a manifest source needs the manifest file")
-        kw = {"path": resolve_path(cfg.path), "root": resolve_path(cfg.root) or None}
+        kw = {"path": resolve_path(cfg.path), "root": root or None}
     else:
-        if not cfg.root:
+        if not root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
-        kw = {"root": resolve_path(cfg.root)}
+        kw = {"root": root}
     source = KINDS[cfg.kind](**kw)
     return head(source, cfg.limit) if cfg.limit else source
 

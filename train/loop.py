@@ -226,6 +226,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     optimizer = make_optimizer(cfg, learner)
     chunked = bank.chunk_rows if bank is not None and not bank.in_memory else None
     rank_rows = shard_rows(train.rows, dist_, chunked)
+    rank_unlabeled = shard_rows(train.unlabeled, dist_)
     steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
     if steps == 0:
         raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
@@ -251,7 +252,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         t0, rows_done = time.time(), 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if dist_.is_main else True,
                    file=sys.stderr, leave=False)
-        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, shard_rows(train.unlabeled, dist_))
+        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, rank_unlabeled)
         for step, (x, phi, y) in zip(range(steps), batches):
             x, y = to_device(x, device), y.to(device)
             phi = None if phi is None else phi.to(device)
