@@ -20,6 +20,14 @@ def sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, "sweep", *args], capture_output=True, text=True)
 
 
+def tiny_runs(synth, tmp_path, epochs: int = 1):
+    """(runs dir, config path): the small training TOML on the synthetic stores, a narrow CNN."""
+    train, test = synth
+    runs_dir = tmp_path / "runs"
+    return runs_dir, write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=epochs, batch_size=32,
+                                  width=16)
+
+
 def test_grid_parsing():
     assert split_values("a, b,[c,d],'e,f'") == ["a", "b", "[c,d]", "'e,f'"]
     a = parse_axis("method=stl,aft")
@@ -57,9 +65,7 @@ def test_plan_dedupes_and_names_runs_by_config(synth, tmp_path):
 
 def test_sweep_compare_and_rerun(synth, tmp_path):
     """2 methods x 2 seeds; the table's numbers are the runs' means; a rerun runs nothing."""
-    train, test = synth
-    runs_dir = tmp_path / "runs"
-    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=1, batch_size=32, width=16)
+    runs_dir, cfg = tiny_runs(synth, tmp_path)
     res = sweep(cfg, "--grid", "method=stl,aft", "--grid", "seed=0,1", "--set", "data.label_budget=40")
     assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
     assert "4 to run" in res.stdout
@@ -95,9 +101,7 @@ def test_sweep_resumes_an_interrupted_run(synth, tmp_path):
     from featcache.train.config import TrainConfig
     from featcache.train.loop import run
 
-    train, test = synth
-    runs_dir = tmp_path / "runs"
-    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=2, batch_size=32, width=16)
+    runs_dir, cfg = tiny_runs(synth, tmp_path, epochs=2)
     (planned,) = plan(cfg, [], [parse_axis("method=stl")])
     short = load_config(TrainConfig, data={**planned.config, "optim": {**planned.config["optim"], "epochs": 1}})
     run(short, log=lambda _m: None)  # one epoch done: a checkpoint, then "killed"
@@ -157,9 +161,7 @@ def test_probe_scores_each_teacher_on_val_and_test(synth, tmp_path):
 
 def test_parallel_jobs_give_the_same_runs(synth, tmp_path):
     """--jobs 2: two processes, each run in its own directory with its own log and results."""
-    train, test = synth
-    runs_dir = tmp_path / "runs"
-    cfg = write_config(tmp_path / "c.toml", train, test, str(runs_dir), epochs=1, batch_size=32, width=16)
+    runs_dir, cfg = tiny_runs(synth, tmp_path)
     res = sweep(cfg, "--grid", "seed=0,1", "--set", "method.name=stl", "--jobs", "2")
     assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
     assert "2 at a time" in res.stdout
