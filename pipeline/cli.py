@@ -1,6 +1,8 @@
 """featcache-extract: run foundation models over a dataset once and cache their features.
 
     featcache-extract CONFIG.toml [--set k=v ...] [--add-teacher] [--teachers A,B]   cache teacher features
+    featcache-extract CONFIG.toml --index-only      the rows only (ids, labels, validity): an evaluation
+                                                    split for stage 2, teachers can be added later
     featcache-extract finetune CONFIG.toml [--set k=v ...]          fine-tune a teacher with a task
                                                                     head, cache its logits (TOKT step 1)
 """
@@ -31,11 +33,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="add the config's new teachers to an existing store (others stay untouched)")
         p.add_argument("--teachers", metavar="NAME[,NAME]",
                        help="run only these of the config's teachers (e.g. one cheap teacher for an eval store)")
+        p.add_argument("--index-only", action="store_true",
+                       help="write the rows (ids, labels, validity) and no teacher: a test split for stage 2, "
+                            "which evaluates students on raw inputs; --add-teacher can add teachers later")
     add_debug_flag(p)
     return p
 
 
-def select_teachers(cfg: ExtractConfig, names: str | None) -> ExtractConfig:
+def select_teachers(cfg: ExtractConfig, names: str | None, index_only: bool = False) -> ExtractConfig:
+    if index_only:
+        if names:
+            raise ValueError("--index-only writes no teacher: drop --teachers")
+        return dataclasses.replace(cfg, teachers=())
     if not names:
         return cfg
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -54,10 +63,11 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         return EXIT_OK
     from .extract import run_extract
 
-    cfg = select_teachers(load_config(ExtractConfig, args.config, args.overrides), args.teachers)
+    cfg = select_teachers(load_config(ExtractConfig, args.config, args.overrides), args.teachers,
+                          args.index_only)
     s = run_extract(cfg, add_teacher=args.add_teacher)
     if s is not None:
-        teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items())
+        teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items()) or "none (index only)"
         print(f"store     {s.path} ({'complete' if s.complete else 'INCOMPLETE'}, {human_bytes(s.size_bytes)})")
         print(f"rows      {s.rows} ({s.valid_rows} valid)" + (f"; invalid inputs listed in {s.invalid_log}"
                                                               if s.invalid_log else ""))

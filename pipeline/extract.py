@@ -246,8 +246,8 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     if device.type == "cuda":
         device = torch.device("cuda", dist_.local_rank)
     teachers = [build_teacher(t, device, source.modality) for t in cfg.teachers]
-    log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: "
-        + ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) + f"; device {device}")
+    names = ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) or "none (index only)"
+    log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: {names}; device {device}")
     cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
     done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
     todo = [p for p in range(cache.num_partitions) if any(p not in parts for parts in done.values())]
