@@ -1,4 +1,10 @@
-"""torchrun support shared by both stages: process group, device, the few collectives used."""
+"""torchrun support shared by both stages: process group, device, the few collectives used.
+
+On GPU nodes the process group has two backends: NCCL for CUDA tensors (DDP's gradient
+buckets) and gloo for CPU tensors (row counts, evaluation sums, barriers before any model
+exists), because NCCL has no CPU path. Each rank binds its CUDA device from LOCAL_RANK
+before the group starts, so NCCL communicators never all land on GPU 0.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +26,30 @@ class Dist:
         return self.rank == 0
 
 
+def backend_for(cuda: bool) -> str:
+    """gloo always (CPU tensors); NCCL beside it for CUDA tensors when GPUs are present."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def bind_cuda_device(local_rank: int) -> None:
+    """Make ``cuda:local_rank`` this process's current device (before any collective)."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(f"LOCAL_RANK {local_rank}: only {count} CUDA device(s) are visible; start torchrun with "
+                         f"--nproc_per_node={count} or fewer")
+    torch.cuda.set_device(local_rank)
+
+
 def setup() -> Dist:
-    """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs); single process otherwise."""
+    """Join the process group torchrun describes; a single process needs none."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+        if cuda:
+            bind_cuda_device(local_rank)
+        dist.init_process_group(backend_for(cuda))
+    return Dist(int(os.environ.get("RANK", "0")), world, local_rank)
 
 
 def teardown() -> None:
@@ -42,6 +66,7 @@ def pick_device(local_rank: int = 0) -> torch.device:
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks; CPU tensors travel over gloo, CUDA tensors over NCCL."""
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

@@ -188,7 +188,8 @@ def _download_fashion_mnist(root: str) -> str:
         FashionMNIST(root, train=True, download=True)
         FashionMNIST(root, train=False, download=True)
     except (OSError, RuntimeError) as exc:
-        raise SourceError(f"Fashion-MNIST download into {root} failed ({exc})") from exc
+        raise SourceError(f"Fashion-MNIST download into {root} failed ({exc}); offline, install Debian's "
+                          "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set source.root") from exc
     return os.path.join(root, "FashionMNIST", "raw")
 
 

@@ -45,3 +45,72 @@ def test_torchrun_two_cpu_processes_gloo(synth, tmp_path, max_ram_gb):
     out = json.loads((tmp_path / "run" / "results.json").read_text())
     assert out["world_size"] == 2 and out["test_rows"] == 600 and out["epochs"] == 2
     assert res.stdout.count("done:") == 1  # only rank 0 reports
+
+
+class _FakeGPUs:
+    """CUDA reported present (two devices) and a process group that records instead of connecting."""
+
+    def __init__(self, monkeypatch, devices: int = 2):
+        import torch
+        import torch.distributed as tdist
+        self.calls: list[tuple[str, object]] = []
+        self.started = False
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.calls.append(("set_device", d)))
+        monkeypatch.setattr(tdist, "is_initialized", lambda: self.started)
+        monkeypatch.setattr(tdist, "init_process_group", self._init)
+        monkeypatch.setattr(tdist, "all_reduce", lambda t, op=None: self.calls.append(("all_reduce", t.device.type)))
+
+    def _init(self, backend, **kw):
+        self.calls.append(("init", backend))
+        self.started = True
+
+
+def test_gpu_ranks_bind_their_device_before_the_group_starts_with_a_cpu_backend(monkeypatch):
+    from featcache.cache_tools import distributed
+    fake = _FakeGPUs(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    d = distributed.setup()
+    assert fake.calls == [("set_device", 1), ("init", "cpu:gloo,cuda:nccl")]
+    assert (d.rank, d.world, d.local_rank) == (1, 2, 1)
+    assert str(distributed.pick_device(d.local_rank)) == "cuda:1"
+
+
+def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
+    """The CPU counts of evaluation and extraction travel over gloo: each device is in the backend string."""
+    import torch
+    from featcache.cache_tools import distributed
+    from featcache.cache_tools.config import load_config
+    from featcache.train.config import TrainConfig
+    from featcache.train.data import build_splits
+    from featcache.train.loop import Learner, evaluate
+    from featcache.train.losses import Method
+    from featcache.train.students import StudentSpec, build_student
+
+    fake = _FakeGPUs(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    d = distributed.setup()
+    train, test = synth
+    cfg = load_config(TrainConfig, data={"data": {"store": train, "test_store": test}, "student": {"image_size": 28,
+                                                                                                  "width": 16}})
+    splits, classes = build_splits(cfg.data, cfg.student)
+    learner = Learner(build_student(StudentSpec("small_cnn", classes, 28, 0, 0, 16)), Method())
+    evaluate(learner, splits["val"], classes, torch.device("cpu"), d)
+    distributed.all_sum(torch.tensor([3]))  # extraction's rows_done
+    backends = dict(part.split(":") for part in distributed.backend_for(True).split(","))
+    devices = [dev for what, dev in fake.calls if what == "all_reduce"]
+    assert len(devices) == 4 and all(dev in backends for dev in devices)
+    assert distributed.backend_for(False) == "gloo"
+
+
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
+    from featcache.cache_tools import distributed
+    _FakeGPUs(monkeypatch, devices=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="LOCAL_RANK 1: only 1 CUDA device"):
+        distributed.setup()
