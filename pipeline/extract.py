@@ -230,10 +230,12 @@ def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
     return path
 
 
-def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary:
+def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary | None:
+    """The run's summary; None on the other ranks under torchrun (rank 0 reports for all)."""
     dist_ = setup()
     try:
-        return _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None))
+        summary = _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None))
+        return summary if dist_.is_main else None
     finally:
         teardown()
 
