@@ -197,3 +197,18 @@ def test_never_overwrites_foreign_data_but_restarts_a_cut_off_creation(images, t
     zarr.open_group(str(cut), mode="w").create_array("index/sample_id", shape=(2,), dtype=str)
     s = extract(cut, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)])
     assert s.complete and s.rows == 24
+
+
+def test_index_only_store_takes_teachers_later(tmp_path, images, timm_ckpt, capsys):
+    from featcache.pipeline.cli import main
+    store = str(tmp_path / "eval.zarr")
+    cfg = _config_file(tmp_path, images, timm_ckpt, store, views=1)
+    assert main([cfg, "--index-only"]) == 0
+    assert "teachers  none (index only)" in capsys.readouterr().out
+    cache = FeatureCache.open(store)
+    assert cache.teachers == [] and cache.is_complete and cache.rows == 24 and cache.valid.all()
+    assert main([cfg, "--index-only", "--teachers", "effnet"]) == 2
+    assert "--index-only writes no teacher" in capsys.readouterr().err
+    assert main([cfg, "--add-teacher"]) == 0
+    cache = FeatureCache.open(store)
+    assert cache.teachers == ["effnet"] and cache.is_complete and verify(cache).ok
