@@ -14,7 +14,7 @@ STORES := stores/fashion_mnist
 # (no root, no apt) torchvision downloads Fashion-MNIST, which needs the network.
 FMNIST_SET = $$(test -f $(FASHION_MNIST) || echo --set source.download=true)
 TEXT_STORE := stores/bbc_news/all.zarr
-.PHONY: setup data test demo demo-stl-aft demo-default demo-text extract extract-text train train-text evidence tokt bench clean
+.PHONY: setup data test demo demo-stl-aft demo-default demo-text extract extract-text train train-text evidence tokt bench gpu-check clean
 
 setup: $(STAMP) data
 
@@ -146,6 +146,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_retrieve.py
+
+# Both stages on this machine's GPUs (benchmarks/gpu_check.sh; on the CPU it checks the script)
+gpu-check: setup
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
