@@ -1,6 +1,7 @@
 """Stage 2's data path: splits of the store's rows, raw inputs, and cached features.
 
-Features come from the store by row id (never from a teacher); raw inputs come
+Features come from the store by row id (never from a teacher); student inputs
+come from the store's cached inputs when it holds a set matching the student, else
 from the source the store recorded, checked against the store's dataset
 fingerprint. Features are held in memory when they fit ``max_ram_gb``, else
 streamed with chunk-shuffled reads.
@@ -16,12 +17,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.raw import open_with_inputs as open_split_store
+from featcache.cache_tools import FeatureCache, require_complete
+from featcache.cache_tools.inputs import find_matching, image_spec
+from featcache.cache_tools.raw import source_of
 from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.cache_tools.sources import Source
-from featcache.cache_tools.views import apply_view
+from featcache.cache_tools.views import render_view
 
 from .config import DataConfig, StudentConfig
 
@@ -43,32 +45,97 @@ def label_budget(rows: np.ndarray, labels: np.ndarray, per_class: int, rng: np.r
     return np.sort(keep)
 
 
-class Inputs:
-    """Raw inputs of one source as model-ready tensors, decoded by a few threads."""
+class CachedPixels:
+    """A store's cached student inputs (``featcache-cache inputs``): in memory when they fit
+    ``max_ram_gb``, else gathered chunk by chunk from the store."""
 
-    def __init__(self, source: Source, student: StudentConfig, tokenizer: str = "", threads: int = 2) -> None:
+    def __init__(self, cache: FeatureCache, name: str, max_ram_gb: float) -> None:
+        self.cache, self.name = cache, name
+        meta = cache.inputs_info(name)["arrays"]["pixels"]
+        self.multi_view = len(meta["shape"]) == 5  # (N, K, H, W, 3); (N, H, W, 3) with one view
+        self.in_memory = int(np.prod(meta["shape"], dtype=np.int64)) <= max_ram_gb * GiB
+        self.data = cache.load_inputs(name, "pixels") if self.in_memory else None
+
+    def take(self, rows: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        """(B, H, W, 3) uint8: each row's view (view 0 when ``views`` is None)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        v = np.zeros(len(rows), np.int64) if views is None else np.asarray(views, dtype=np.int64)
+        if self.data is not None:
+            return self.data[rows, v] if self.multi_view else self.data[rows]
+        px = self.cache.take_inputs(self.name, "pixels", rows)
+        return px[np.arange(len(rows)), v] if self.multi_view else px
+
+
+class Inputs:
+    """A split's student inputs as model-ready tensors: gathered from the store's cached
+    inputs when it has a set matching the student, else decoded from the raw inputs by a
+    few threads. Both give the same pixels (``views.render_view``); ``origin`` says which."""
+
+    def __init__(self, source: Source | None, student: StudentConfig, tokenizer: str = "", threads: int = 2, *,
+                 cached: CachedPixels | None = None, origin: str = "decoded from the raw inputs") -> None:
         self.source, self.size, self.max_length = source, student.image_size, student.max_length
+        self.resize_filter = student.resize_filter
+        self.cached, self.origin = cached, origin
+        self.modality = "image" if source is None else source.modality
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
-        self.tokenizer = load_tokenizer(tokenizer) if source.modality == "text" else None
-        if source.modality == "text" and self.tokenizer is None:
+        self.tokenizer = load_tokenizer(tokenizer) if self.modality == "text" else None
+        if self.modality == "text" and self.tokenizer is None:
             raise ValueError("data.tokenizer: text students need a local tokenizer directory")
 
     def _image(self, i: int, params: np.ndarray | None) -> np.ndarray:
-        from PIL import Image
+        return render_view(self.source.load(int(i)), params, self.size, self.resize_filter)
 
-        img = self.source.load(int(i))
-        if params is not None:
-            img = apply_view(img, params)
-        return np.asarray(img.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+    def pixels(self, rows: np.ndarray, params: np.ndarray | None = None,
+               views: np.ndarray | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 of each row's view: ``views`` index the cached set, ``params`` replay it."""
+        if self.cached is not None:
+            return torch.from_numpy(self.cached.take(rows, views))
+        plist = [None] * len(rows) if params is None else list(params)
+        return torch.from_numpy(np.stack(list(self.pool.map(self._image, rows, plist))))
 
-    def batch(self, rows: np.ndarray, params: np.ndarray | None = None) -> Any:
-        if self.source.modality == "text":
+    @staticmethod
+    def to_model(pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], on whatever device ``pixels`` is."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        return x.sub_(0.5).div_(0.5)
+
+    def batch(self, rows: np.ndarray, params: np.ndarray | None = None, views: np.ndarray | None = None,
+              normalize: bool = True) -> Any:
+        """The student's input for ``rows``: token (ids, mask), or images (uint8 unless ``normalize``)."""
+        if self.modality == "text":
             texts = [self.source.load(int(i)) for i in rows]
             return self.tokenizer(texts, self.max_length)
-        plist = [None] * len(rows) if params is None else list(params)
-        arr = np.stack(list(self.pool.map(self._image, rows, plist)))
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.sub_(0.5).div_(0.5)
+        px = self.pixels(rows, params, views)
+        return self.to_model(px) if normalize else px
+
+
+def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:
+    """Cached inputs when the store has a complete set matching the student, else the raw inputs."""
+    if cache.source.get("modality", "image") != "image":
+        origin = "tokenized from the raw texts"
+    elif cfg.cached_inputs == "off":
+        origin = "decoded from the raw inputs (data.cached_inputs = off)"
+    else:
+        name, why = find_matching(cache, image_spec(student.image_size, student.resize_filter))
+        if name is not None:
+            cached = CachedPixels(cache, name, cfg.max_ram_gb)
+            where = "in memory" if cached.in_memory else "read from the store"
+            return Inputs(None, student, threads=cfg.decode_threads, cached=cached, origin=f"{why}, {where}")
+        hint = f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}"
+        if cfg.cached_inputs == "require":
+            raise ValueError(f"data.cached_inputs: 'require', but {why}; write them with `{hint}`")
+        origin = f"decoded from the raw inputs ({why}; `{hint}` caches them)"
+    source = source_of(cache, cfg.data_root)
+    return Inputs(source, student, cfg.tokenizer, cfg.decode_threads, origin=origin)
+
+
+def describe_inputs(splits: dict[str, "Split"]) -> str:
+    """One line: where each split's inputs come from (splits sharing a store share a phrase)."""
+    groups: dict[int, list[str]] = {}
+    for name, split in splits.items():
+        groups.setdefault(id(split.inputs), []).append(name)
+    by_id = {id(s.inputs): s.inputs for s in splits.values()}
+    return "; ".join(f"{'+'.join(names)} {by_id[key].origin}" for key, names in groups.items())
 
 
 def load_tokenizer(path: str):
@@ -201,8 +268,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     transfer set); val and test then come from their own stores (val may be empty).
     """
     rng = np.random.default_rng(cfg.split_seed)
-    cache, source = open_split_store(cfg.store, cfg.data_root)
-    inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
+    cache, inputs = open_split_store(cfg.store, cfg, student)
     if unlabeled:
         return _unlabeled_splits(cfg, student, cache, inputs)
     train_rows = cache.labeled_rows()
@@ -220,15 +286,22 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     train_rows = label_budget(train_rows, cache.labels, cfg.label_budget, rng)
     unlabeled = np.setdiff1d(np.flatnonzero(cache.valid), np.concatenate([train_rows, *held_out]))
     splits["train"] = Split("train", cache, inputs, train_rows, unlabeled)
-    classes = source.classes or []
+    classes = cache.source.get("classes") or []
     num_classes = max(len(classes), int(cache.labels.max()) + 1)
     return splits, num_classes
 
 
+def open_split_store(path: str, cfg: DataConfig, student: StudentConfig) -> tuple[FeatureCache, Inputs]:
+    """A complete store and its student inputs (cached, or the raw inputs it was built from)."""
+    cache = FeatureCache.open(path)
+    require_complete(cache)
+    return cache, open_inputs(cache, student, cfg)
+
+
 def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -> Split:
-    """Every valid labeled row of another store, with its own raw inputs."""
-    cache, source = open_split_store(path, cfg.data_root)
-    return Split(name, cache, Inputs(source, student, cfg.tokenizer, cfg.decode_threads), cache.labeled_rows())
+    """Every valid labeled row of another store, with its own inputs."""
+    cache, inputs = open_split_store(path, cfg, student)
+    return Split(name, cache, inputs, cache.labeled_rows())
 
 
 def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
