@@ -132,7 +132,8 @@ def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) ->
 def describe_inputs(splits: dict[str, "Split"]) -> str:
     """One line: where each split's inputs come from (splits sharing a store share a phrase)."""
     groups: dict[int, list[str]] = {}
-    for name, split in splits.items():
+    order = {"train": 0, "val": 1, "test": 2}
+    for name, split in sorted(splits.items(), key=lambda kv: order.get(kv[0], 3)):
         groups.setdefault(id(split.inputs), []).append(name)
     by_id = {id(s.inputs): s.inputs for s in splits.values()}
     return "; ".join(f"{'+'.join(names)} {by_id[key].origin}" for key, names in groups.items())

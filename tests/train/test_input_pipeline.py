@@ -1,0 +1,131 @@
+"""Stage 2 from cached student inputs, and batches assembled ahead on worker threads."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.cache_tools import FeatureCache
+from featcache.cache_tools.inputs import cache_inputs
+from featcache.cache_tools.raw import source_of
+from featcache.train.data import FeatureBank, build_splits
+from featcache.train.loop import run, train_batches
+
+from conftest import build_store  # noqa: E402  (tests/train/conftest.py)
+from test_loop import cfg_for  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def viewed(tmp_path_factory):
+    """(train store with 3 recorded views, test store), both with inputs cached at 28 px bilinear."""
+    d = tmp_path_factory.mktemp("viewed")
+    train = build_store(str(d / "train.zarr"), str(d / "raw"), "train", 400, seed=0, views=3)
+    test = build_store(str(d / "test.zarr"), str(d / "raw"), "test", 200, seed=1)
+    for path in (train, test):
+        with FeatureCache.open(path, mode="r+") as cache:
+            cache_inputs(cache, source_of(cache), 28)
+    return train, test, d
+
+
+def _cfg(viewed, out, **data):
+    train, test, _ = viewed
+    return cfg_for(train, test, out, epochs=2, label_budget=0, data={"val_fraction": 0.1, **data})
+
+
+def _inputs_lines(logs):
+    return [m for m in logs if m.startswith("inputs:")]
+
+
+def test_cached_inputs_train_exactly_like_decoded(viewed, tmp_path):
+    """Same seed, same store: cached pixels (views included) give the same metrics as decoding."""
+    logs_c, logs_d = [], []
+    cached = run(_cfg(viewed, tmp_path / "c"), log=logs_c.append)
+    decoded = run(_cfg(viewed, tmp_path / "d", cached_inputs="off"), log=logs_d.append)
+    (line_c,), (line_d,) = _inputs_lines(logs_c), _inputs_lines(logs_d)
+    assert "train+val cached inputs 'image28_bilinear' (28 px bilinear), in memory" in line_c
+    assert "test cached inputs" in line_c
+    assert "decoded from the raw inputs (data.cached_inputs = off)" in line_d
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "final_losses", "test_per_class_accuracy"):
+        assert cached[key] == decoded[key], key
+
+
+def test_a_batch_is_the_same_pixels_cached_or_decoded(viewed):
+    train, test, _ = viewed
+    cfg = _cfg(viewed, "unused")
+    batches = {}
+    for mode in ("auto", "off"):
+        c = dataclasses.replace(cfg.data, cached_inputs=mode, max_ram_gb=1e-6 if mode == "auto" else 4.0)
+        splits, _ = build_splits(c, cfg.student)
+        tr = splits["train"]
+        assert (tr.inputs.cached is not None) == (mode == "auto")
+        if mode == "auto":
+            assert not tr.inputs.cached.in_memory and "read from the store" in tr.inputs.origin
+        bank = FeatureBank(tr.cache, (), tr.rows, 4.0)
+        batches[mode] = next(train_batches(tr, bank, tr.rows, 64, np.random.default_rng(3)))
+    for a, b in zip(batches["auto"], batches["off"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_other_resolution_or_filter_falls_back_with_one_line_or_is_refused(viewed, tmp_path):
+    logs = []
+    cfg = _cfg(viewed, tmp_path / "bicubic")
+    cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, resize_filter="bicubic"),
+                              optim=dataclasses.replace(cfg.optim, epochs=1))
+    res = run(cfg, log=logs.append)
+    (line,) = _inputs_lines(logs)
+    assert "decoded from the raw inputs" in line and "image28_bilinear (28 px bilinear), none at 28 px bicubic" in line
+    assert "featcache-cache inputs" in line and "--size 28 --filter bicubic" in line
+    assert res["test_accuracy"] is not None
+    with pytest.raises(ValueError, match=r"data.cached_inputs: 'require', but .* none at 32 px bilinear"):
+        build_splits(dataclasses.replace(cfg.data, cached_inputs="require"),
+                     dataclasses.replace(cfg.student, image_size=32, resize_filter="bilinear"))
+
+
+def test_cached_inputs_need_no_raw_inputs(tmp_path):
+    """Once cached, training runs where the raw images are not."""
+    train = build_store(str(tmp_path / "t.zarr"), str(tmp_path / "raw"), "train", 300, seed=0)
+    with FeatureCache.open(train, mode="r+") as cache:
+        cache_inputs(cache, source_of(cache), 28)
+    os.rename(tmp_path / "raw", tmp_path / "gone")
+    cfg = cfg_for(train, "", tmp_path / "run", epochs=1, label_budget=0)
+    res = run(cfg, log=lambda _m: None)
+    assert res["test_rows"] > 0
+    with pytest.raises(Exception, match="not found|no such"):
+        run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cached_inputs="off")), log=lambda _m: None)
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_same_seed_same_batches_and_results_whatever_the_worker_count(viewed, tmp_path, mode):
+    cfg = _cfg(viewed, tmp_path / "w", cached_inputs=mode)
+    splits, _ = build_splits(cfg.data, cfg.student)
+    tr = splits["train"]
+    bank = FeatureBank(tr.cache, (), tr.rows, 4.0)
+    seqs = [list(train_batches(tr, bank, tr.rows, 32, np.random.default_rng(5), workers=w, depth=d))
+            for w, d in ((0, 1), (1, 1), (3, 2))]
+    for other in seqs[1:]:
+        assert len(other) == len(seqs[0])
+        for a, b in zip(seqs[0], other):
+            for ta, tb in zip(a, b):
+                torch.testing.assert_close(ta, tb, rtol=0, atol=0)
+    results = [run(dataclasses.replace(cfg, out_dir=str(tmp_path / f"r{w}"),
+                                       data=dataclasses.replace(cfg.data, loader_workers=w, prefetch=2)),
+                   log=lambda _m: None) for w in (0, 3)]
+    for key in ("test_accuracy", "test_loss", "final_losses", "val_accuracy"):
+        assert results[0][key] == results[1][key], key
+
+
+def test_an_error_while_assembling_reaches_the_step(viewed, monkeypatch):
+    cfg = _cfg(viewed, "unused", cached_inputs="off")
+    splits, _ = build_splits(cfg.data, cfg.student)
+    tr = splits["train"]
+
+    def broken(*_a, **_k):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(tr.inputs, "pixels", broken)
+    batches = train_batches(tr, None, tr.rows, 32, np.random.default_rng(0), workers=2, depth=2)
+    with pytest.raises(OSError, match="disk gone"):
+        next(batches)
+    batches.close()
