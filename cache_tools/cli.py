@@ -194,12 +194,14 @@ def cmd_inputs(args: argparse.Namespace) -> int:
     with FeatureCache.open(args.store, mode="r+") as cache:
         source = source_of(cache, args.data_root)
         bar, progress = _progress_bar("inputs")
-        s = cache_inputs(cache, source, args.size, args.filter, name=args.name, threads=args.threads,
-                         compressor=args.compressor, progress=progress)
+        s = cache_inputs(cache, source, args.size, args.filter, tokenizer=args.tokenizer, max_length=args.max_length,
+                         name=args.name, threads=args.threads, compressor=args.compressor, progress=progress)
         bar.close()
         resumed = f"; {s.partitions_skipped} partitions were already done" if s.partitions_skipped else ""
         rate = f", {s.rows_written / s.seconds:.0f} rows/s" if s.seconds > 0 and s.rows_written else ""
-        print(f"{cache.path}: inputs/{s.name}/pixels {'x'.join(map(str, s.shape))} uint8 "
+        what = "pixels" if s.spec["kind"] == "image" else "ids"
+        dtype = "uint8" if s.spec["kind"] == "image" else "int32 (+ lengths)"
+        print(f"{cache.path}: inputs/{s.name}/{what} {'x'.join(map(str, s.shape))} {dtype} "
               f"({human_bytes(s.nbytes)}): {s.rows_written} rows in {s.seconds:.1f} s{rate}{resumed}; "
               f"store now {human_bytes(cache.store.size_on_disk())}")
     return EXIT_OK
@@ -241,12 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_retrieve)
-    p = sub.add_parser("inputs", help="cache every row's student input (all views) at one resolution")
+    p = sub.add_parser("inputs", help="cache every row's student input: images (all views) at one "
+                                      "resolution, or texts as token ids")
     p.add_argument("store")
-    p.add_argument("--size", type=int, required=True, help="the student's image size (pixels per side)")
+    p.add_argument("--size", type=int, default=0, help="image stores: the student's image size (pixels per side)")
     p.add_argument("--filter", default="bilinear", choices=list(RESIZE_FILTERS),
                    help="resize filter (the student's student.resize_filter; default bilinear)")
-    p.add_argument("--name", default="", help="node name under inputs/ (default image<SIZE>_<FILTER>)")
+    p.add_argument("--tokenizer", default="", help="text stores: the student's tokenizer directory (data.tokenizer)")
+    p.add_argument("--max-length", type=int, default=128, help="text stores: student.max_length (default 128)")
+    p.add_argument("--name", default="", help="node name under inputs/ (default image<SIZE>_<FILTER>, "
+                                              "tokens<LENGTH>_<TOKENIZER HASH>)")
     p.add_argument("--data-root", default="", help="relocate the raw inputs the store recorded")
     p.add_argument("--threads", type=int, default=2, help="decoding threads")
     p.add_argument("--compressor", choices=["none", "lz4"], default="none")

@@ -1,4 +1,5 @@
-"""Student inputs in the store: each row's views rendered once, at a student's resolution.
+"""Student inputs in the store: each row's views rendered once, at a student's resolution
+(images), or each row's token ids for one tokenizer and length (texts).
 
 A student at 32-112 px otherwise decodes the same full-size images on every step of
 every run. Written once as uint8 under ``inputs/<name>/pixels`` -- (N, K, H, W, 3), or
@@ -11,10 +12,16 @@ The spec (fingerprinted with the arrays' shapes) is what a student must match to
 them: kind, size, resize filter, render version; Pillow's version is recorded too,
 since another resampler may round differently. Rows that are invalid in the store
 hold zeros. Partitions and done markers are the store's own, so a cut-off run resumes.
+
+Texts: ``inputs/<name>/ids`` (N, L) int32, padded with the tokenizer's pad id, and
+``inputs/<name>/lengths`` (N,) int32, from ``encode_texts``, the function stage 2
+tokenizes with; the spec names the tokenizer by the SHA-256 of its ``tokenizer.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,11 +31,12 @@ import numpy as np
 
 from .cache import INDEX_PART, FeatureCache
 from .errors import CacheError
+from .paths import resolve_path
 from .sources import InputError, Source
 from .views import EVAL_VIEW, RESIZE_FILTERS, render_view
 
-RENDER_VERSION = 1  # bump when render_view's output changes for the same spec
-MATCH_KEYS = ("kind", "size", "filter", "render_version")
+RENDER_VERSION = 1  # bump when render_view's (or encode_texts') output changes for the same spec
+INFO_KEYS = ("pillow",)  # recorded, not matched: a student asks for size and filter, not a Pillow release
 Progress = Callable[[int, int], None]
 
 
@@ -44,11 +52,49 @@ def image_spec(size: int, resize_filter: str = "bilinear") -> dict[str, Any]:
             "render_version": RENDER_VERSION, "pillow": PIL.__version__}
 
 
+class Tokenizer:
+    """A fast tokenizer from a local Hugging Face directory (``tokenizer.json``), named by its hash."""
+
+    def __init__(self, path: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = resolve_path(path)
+        file = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{path}: no tokenizer.json (a Hugging Face fast tokenizer directory)")
+        with open(file, "rb") as fh:
+            self.sha256 = hashlib.sha256(fh.read()).hexdigest()
+        self.tok = HFTokenizer.from_file(file)
+        self.pad_id = self.tok.token_to_id("[PAD]") or 0
+        self.vocab_size = self.tok.get_vocab_size()
+
+    def encode(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (B, max_length) int32 padded with pad_id, lengths (B,) int32): what students read."""
+        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
+        lengths = np.zeros(len(texts), np.int32)
+        for row, enc in enumerate(self.tok.encode_batch(texts)):
+            toks = enc.ids[:max_length]
+            ids[row, :len(toks)] = toks
+            lengths[row] = len(toks)
+        return ids, lengths
+
+
+def text_spec(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    return {"kind": "text", "tokenizer_sha256": tokenizer.sha256, "max_length": int(max_length),
+            "pad_id": int(tokenizer.pad_id), "render_version": RENDER_VERSION}
+
+
 def default_name(spec: dict[str, Any]) -> str:
+    if spec["kind"] == "text":
+        return f"tokens{spec['max_length']}_{spec['tokenizer_sha256'][:8]}"
     return f"{spec['kind']}{spec['size']}_{spec['filter']}"
 
 
 def _describe(spec: dict[str, Any]) -> str:
+    if spec.get("kind") == "text":
+        return f"{spec.get('max_length')} tokens of tokenizer {str(spec.get('tokenizer_sha256'))[:8]}"
     return f"{spec.get('size')} px {spec.get('filter')}"
 
 
@@ -60,7 +106,7 @@ def find_matching(cache: FeatureCache, wanted: dict[str, Any]) -> tuple[str | No
     others = []
     for name in names:
         spec = cache.inputs_info(name)["spec"]
-        if any(spec.get(k) != wanted.get(k) for k in MATCH_KEYS):
+        if any(spec.get(k) != v for k, v in wanted.items() if k not in INFO_KEYS):
             others.append(f"{name} ({_describe(spec)})")
             continue
         done = len(cache.inputs_done(name))
@@ -113,34 +159,62 @@ class InputsSummary:
     partitions_skipped: int
     seconds: float
     rows_written: int
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))  # uint8
+    nbytes: int  # of every array of the set
 
 
-def cache_inputs(cache: FeatureCache, source: Source, size: int, resize_filter: str = "bilinear", *,
-                 name: str = "", threads: int = 2, compressor: str = "none",
-                 progress: Progress | None = None) -> InputsSummary:
-    """Render and write every row's student input; partitions already marked done are skipped."""
-    if source.modality != "image":
-        raise ValueError(f"{cache.path}: cached student inputs are images; this store's source is {source.modality}")
+def _tokenize_partition(cache: FeatureCache, source: Source, p: int, tokenizer: Tokenizer,
+                        max_length: int) -> dict[str, np.ndarray]:
+    start, stop = cache.partition_range(p)
+    valid = cache.store.read("index/valid", start, stop)
+    ids = np.full((stop - start, max_length), tokenizer.pad_id, np.int32)
+    lengths = np.zeros(stop - start, np.int32)
+    rows = np.flatnonzero(valid)
+    try:
+        texts = [source.load(start + int(j)) for j in rows]
+    except InputError as exc:
+        raise CacheError(f"{cache.path}: a row valid in the store fails now ({exc}); the raw inputs changed") from exc
+    if len(rows):
+        ids[rows], lengths[rows] = tokenizer.encode(texts, max_length)
+    return {"ids": ids, "lengths": lengths}
+
+
+def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filter: str = "bilinear", *,
+                 tokenizer: str = "", max_length: int = 128, name: str = "", threads: int = 2,
+                 compressor: str = "none", progress: Progress | None = None) -> InputsSummary:
+    """Render (images, at ``size``) or tokenize (texts, with ``tokenizer``) and write every row's
+    student input; partitions already marked done are skipped."""
+    if source.modality == "image" and size < 1:
+        raise ValueError(f"{cache.path}: an image store: give the student's image size (--size)")
+    if source.modality == "text" and not tokenizer:
+        raise ValueError(f"{cache.path}: a text store: give the student's tokenizer directory (--tokenizer)")
     missing = cache.missing_partitions().get(INDEX_PART)
     if missing:
         raise CacheError(f"{cache.path}: the index has {len(missing)} of {cache.num_partitions} partitions missing; "
                          "finish the extraction first (the view parameters come from it)")
-    spec = image_spec(size, resize_filter)
+    if source.modality == "text":
+        tok = Tokenizer(tokenizer)
+        spec = text_spec(tok, max_length)
+        arrays = {"ids": ((max_length,), "int32"), "lengths": ((), "int32")}
+        shape: tuple[int, ...] = (cache.rows, max_length)
+        make = lambda p, _pool: _tokenize_partition(cache, source, p, tok, max_length)  # noqa: E731
+    else:
+        spec = image_spec(size, resize_filter)
+        row_shape = (cache.views, size, size, 3) if cache.views > 1 else (size, size, 3)
+        arrays = {"pixels": (row_shape, "uint8")}
+        shape = (cache.rows, *row_shape)
+        make = lambda p, pool: {"pixels": render_partition(cache, source, p, spec, pool)}  # noqa: E731
     name = name or default_name(spec)
-    row_shape = (cache.views, size, size, 3) if cache.views > 1 else (size, size, 3)
-    cache.add_inputs(name, {"pixels": (row_shape, "uint8")}, spec, compressor=compressor)
+    cache.add_inputs(name, arrays, spec, compressor=compressor)
     done = cache.inputs_done(name)
     todo = [p for p in range(cache.num_partitions) if p not in done]
     t0, rows = time.time(), 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for k, p in enumerate(todo):
-            cache.write_inputs_partition(p, name, {"pixels": render_partition(cache, source, p, spec, pool)})
+            cache.write_inputs_partition(p, name, make(p, pool))
             a, b = cache.partition_range(p)
             rows += b - a
             if progress:
                 progress(k + 1, len(todo))
-    return InputsSummary(name, spec, (cache.rows, *row_shape), len(todo), len(done), time.time() - t0, rows)
+    nbytes = sum(int(np.prod((cache.rows, *row), dtype=np.int64)) * np.dtype(dt).itemsize
+                 for row, dt in arrays.values())
+    return InputsSummary(name, spec, shape, len(todo), len(done), time.time() - t0, rows, nbytes)

