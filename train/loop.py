@@ -141,11 +141,15 @@ def train_plans(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_
         yield ids, params, v, feats, labels
 
 
+def _pin(t: Any) -> Any:
+    if t is None:
+        return None
+    return tuple(u.pin_memory() for u in t) if isinstance(t, tuple) else t.pin_memory()
+
+
 def _pinned(batch: tuple, pin: bool) -> tuple:
-    if not pin:
-        return batch
-    return tuple(None if t is None else tuple(u.pin_memory() for u in t) if isinstance(t, tuple) else t.pin_memory()
-                 for t in batch)
+    """Page-locked copies (CUDA only), so the step's host-to-device copies run asynchronously."""
+    return tuple(_pin(t) for t in batch) if pin else batch
 
 
 def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
