@@ -66,6 +66,13 @@ def test_a_batch_is_the_same_pixels_cached_or_decoded(viewed):
         batches[mode] = next(train_batches(tr, bank, tr.rows, 64, np.random.default_rng(3)))
     for a, b in zip(batches["auto"], batches["off"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the CUDA path ships uint8 and normalises on the device: the same values
+    from featcache.train.loop import prepare_inputs
+
+    ids = tr.rows[:16]
+    u8 = tr.inputs.batch(ids, normalize=False)
+    assert u8.dtype == torch.uint8 and u8.shape == (16, 28, 28, 3)
+    torch.testing.assert_close(prepare_inputs(u8, torch.device("cpu")), tr.inputs.batch(ids), rtol=0, atol=0)
 
 
 def test_other_resolution_or_filter_falls_back_with_one_line_or_is_refused(viewed, tmp_path):
@@ -175,3 +182,30 @@ def test_cached_token_ids_train_exactly_like_tokenizing(tmp_path):
     assert "tokenized from the raw texts (data.cached_inputs = off)" in lines["off"]
     for key in ("test_accuracy", "test_loss", "final_losses"):
         assert results["auto"][key] == results["off"][key], key
+
+
+def test_prefetch_keeps_order_bounds_the_queue_and_stops_on_close():
+    import itertools
+    import threading
+    import time
+
+    from featcache.train.prefetch import prefetch
+
+    drawn = []
+
+    def plans():
+        for i in itertools.count():  # endless: only closing stops it
+            drawn.append(i)
+            yield i
+
+    def build(i):
+        time.sleep(0.001 * ((i * 7) % 5))  # later batches often finish first
+        return i * i
+
+    before = threading.active_count()
+    it = prefetch(plans(), build, workers=3, depth=2)
+    assert [next(it) for _ in range(20)] == [i * i for i in range(20)]
+    time.sleep(0.2)
+    assert len(drawn) <= 20 + 2 + 2  # taken + queued + one in the producer's hand (+1 being handed over)
+    it.close()
+    assert threading.active_count() == before
