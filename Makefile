@@ -146,6 +146,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_retrieve.py
+	$(BIN)/python benchmarks/bench_inputs.py
 
 # Both stages on this machine's GPUs (benchmarks/gpu_check.sh; on the CPU it checks the script)
 gpu-check: setup

@@ -11,7 +11,9 @@ Layout (one store = one dataset split)::
     /views/params     (N,K,P)  float32 augmentation parameters (only when P > 0)
     /teachers/<name>           attrs["featcache_teacher"]: dim, dtype, fingerprint, spec
     /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
-    done markers "<part>/<partition>" with row range, count, checksum, NaN/inf counts
+    /inputs/<name>             attrs["featcache_inputs"]: fingerprint, spec, array names
+    /inputs/<name>/<array>     (N, ...) a student's inputs (pixels: (N,K,H,W,C) or (N,H,W,C) uint8)
+    done markers "<part>/<partition>" (part: _index, a teacher, or inputs/<name>) with row range, count, checksum, NaN/inf counts
 
 A partition is a chunk-aligned row range of ``partition_rows`` rows. Its data is
 written first, its marker last; completeness is derived from the markers only, so
@@ -21,6 +23,7 @@ a partition cut off half-way never counts as done.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -37,6 +40,7 @@ from .store import STR_DTYPE, Store
 FORMAT_VERSION = 1
 ROOT_KEY = "featcache"
 TEACHER_KEY = "featcache_teacher"
+INPUTS_KEY = "featcache_inputs"
 INDEX_PART = "_index"
 DEFAULT_PARTITION_ROWS = 4096
 TARGET_CHUNK_BYTES = 4 << 20  # chunks land between 2 and 8 MiB: see DESIGN.md
@@ -285,6 +289,89 @@ class FeatureCache:
         if tuple(values.shape) != tuple(shape):
             raise ValueError(f"{self.path}: {what} has shape {tuple(values.shape)}, expected {tuple(shape)}")
 
+    # -- student inputs: inputs/<name>/<array>, partitions and markers like a teacher ----
+    @property
+    def inputs(self) -> list[str]:
+        """Input sets whose arrays and description are both written (add_inputs writes them in that order)."""
+        if "inputs" not in self.store.children(""):
+            return []
+        return [n for n in self.store.children("inputs") if INPUTS_KEY in self.store.get_attrs(f"inputs/{n}")]
+
+    def inputs_info(self, name: str) -> dict[str, Any]:
+        if name not in self.inputs:
+            raise KeyError(f"{self.path}: no inputs {name!r} (has: {', '.join(self.inputs) or 'none'})")
+        doc = dict(self.store.get_attrs(f"inputs/{name}")[INPUTS_KEY])
+        arrays = {}
+        for array in doc["arrays"]:
+            meta = self.store.array_meta(f"inputs/{name}/{array}")
+            arrays[array] = {"shape": list(meta.shape), "dtype": meta.dtype, "chunk_rows": meta.chunk_rows,
+                             "compressor": meta.compressor}
+        doc["arrays"] = arrays
+        return doc
+
+    def add_inputs(self, name: str, arrays: Mapping[str, tuple[tuple[int, ...], str]], spec: Mapping[str, Any], *,
+                   compressor: str = "none") -> str:
+        """Add empty input arrays (name -> (row shape, dtype)); the same spec again is a no-op, another refuses."""
+        _check_name(name)
+        plain = {a: [list(map(int, shape)), str(dtype)] for a, (shape, dtype) in sorted(arrays.items())}
+        fp = fingerprint({**spec, "arrays": plain})
+        if name in self.inputs:
+            have = self.inputs_info(name)
+            if have["fingerprint"] != fp:
+                raise FingerprintMismatch(
+                    f"{self.path}: inputs {name!r} hold fingerprint {have['fingerprint'][:12]} "
+                    f"({json.dumps(have['spec'], sort_keys=True)}); this run has {fp[:12]} "
+                    f"({json.dumps(dict(spec), sort_keys=True)}); use another name")
+            return fp
+        row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in plain.values())
+        chunk_rows = chunk_rows_for(row_bytes, self.partition_rows)  # one row count for all: partitions stay whole chunks
+        for array, (shape, dtype) in plain.items():
+            self.store.create_array(f"inputs/{name}/{array}", (self.rows, *shape), dtype, chunk_rows, compressor)
+        doc = {"fingerprint": fp, "spec": dict(spec), "arrays": sorted(plain), "added_at": provenance.utc_now(),
+               "added_by": provenance.created_by()}
+        self.store.set_attrs(f"inputs/{name}", {INPUTS_KEY: doc})
+        return fp
+
+    def write_inputs_partition(self, p: int, name: str, values: Mapping[str, np.ndarray]) -> None:
+        """One partition of an input set: its old marker is removed first, the arrays written, the new marker last."""
+        start, stop = self.partition_range(p)
+        info = self.inputs_info(name)
+        if set(values) != set(info["arrays"]):
+            raise ValueError(f"{self.path}: inputs {name!r} are written with arrays {sorted(info['arrays'])}")
+        key = f"inputs/{name}/{p:06d}"
+        self.store.delete_marker(key)
+        checksums = []
+        for array in sorted(values):
+            meta = info["arrays"][array]
+            data = np.asarray(values[array]).astype(meta["dtype"], copy=False)
+            self._expect_shape(f"inputs[{name!r}][{array!r}]", data, (stop - start, *meta["shape"][1:]))
+            self.store.write(f"inputs/{name}/{array}", start, data)
+            checksums.append(array_checksum(data))
+        checksum = checksums[0] if len(checksums) == 1 else hashlib.sha256("".join(checksums).encode()).hexdigest()
+        self.store.put_marker(key, {"part": f"inputs/{name}", "partition": p, "start": start, "stop": stop,
+                                    "rows": stop - start, "checksum": checksum})
+
+    def inputs_done(self, name: str) -> set[int]:
+        """Partitions of an input set whose done marker exists."""
+        part = f"inputs/{name}"
+        return {int(doc["partition"]) for key, doc in self.store.markers().items() if key.rsplit("/", 1)[0] == part}
+
+    def take_inputs(self, name: str, array: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows of one input array in the order given, read chunk by chunk."""
+        rows = np.asarray(rows, dtype=np.int64)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self.store.take(f"inputs/{name}/{array}", uniq)[inverse]
+
+    def load_inputs(self, name: str, array: str) -> np.ndarray:
+        """One input array in memory, read partition by partition."""
+        node = f"inputs/{name}/{array}"
+        meta = self.store.array_meta(node)
+        out = np.empty(meta.shape, dtype=meta.dtype)
+        for p in range(self.num_partitions):
+            start, stop = self.partition_range(p)
+            out[start:stop] = self.store.read(node, start, stop)
+        return out
+
     # -- completeness ---------------------------------------------------------------
     def done_partitions(self) -> dict[str, set[int]]:
         """For the index and each teacher, the partitions whose done marker exists."""
@@ -377,6 +464,7 @@ class FeatureCache:
             "split": self.split, "source": self.source, "dataset_fingerprint": self.dataset_fingerprint,
             "created_by": self.meta.get("created_by"), "created_at": self.meta.get("created_at"),
             "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
+            "inputs": {n: {**self.inputs_info(n), "partitions_done": len(self.inputs_done(n))} for n in self.inputs},
             **{k: self.meta[k] for k in ("retrieval", "subset_of") if k in self.meta},
         }
 

@@ -1,4 +1,4 @@
-"""featcache-cache: inspect, verify, convert and list feature stores."""
+"""featcache-cache: inspect, verify, convert and list feature stores; cache student inputs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .convert import convert
 from .errors import CacheError
 from .locate import find_stores
 from .verify import verify
+from .views import RESIZE_FILTERS
 
 PROG = "featcache-cache"
 
@@ -58,6 +59,19 @@ def _print_info(info: dict[str, Any]) -> None:
         print(f"  {name}: {shape} {t['dtype']}, chunks of {t['chunk_rows']} rows, {t['compressor']}, "
               f"{t['partitions_done']}/{info['partitions']} done, fingerprint {t['fingerprint'][:16]}")
         print(f"    spec {json.dumps(t['spec'], sort_keys=True)}")
+    _print_inputs(info)
+
+
+def _print_inputs(info: dict[str, Any]) -> None:
+    inputs = info.get("inputs") or {}
+    print(f"inputs      {len(inputs)}")
+    for name, doc in inputs.items():
+        for array, meta in doc["arrays"].items():
+            shape = "x".join(str(s) for s in meta["shape"])
+            print(f"  {name}/{array}: {shape} {meta['dtype']}, chunks of {meta['chunk_rows']} rows, "
+                  f"{meta['compressor']}, {doc['partitions_done']}/{info['partitions']} done, "
+                  f"fingerprint {doc['fingerprint'][:16]}")
+        print(f"    spec {json.dumps(doc['spec'], sort_keys=True)}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -173,6 +187,26 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_inputs(args: argparse.Namespace) -> int:
+    from .inputs import cache_inputs
+    from .raw import source_of
+
+    with FeatureCache.open(args.store, mode="r+") as cache:
+        source = source_of(cache, args.data_root)
+        bar, progress = _progress_bar("inputs")
+        s = cache_inputs(cache, source, args.size, args.filter, tokenizer=args.tokenizer, max_length=args.max_length,
+                         name=args.name, threads=args.threads, compressor=args.compressor, progress=progress)
+        bar.close()
+        resumed = f"; {s.partitions_skipped} partitions were already done" if s.partitions_skipped else ""
+        rate = f", {s.rows_written / s.seconds:.0f} rows/s" if s.seconds > 0 and s.rows_written else ""
+        what = "pixels" if s.spec["kind"] == "image" else "ids"
+        dtype = "uint8" if s.spec["kind"] == "image" else "int32 (+ lengths)"
+        print(f"{cache.path}: inputs/{s.name}/{what} {'x'.join(map(str, s.shape))} {dtype} "
+              f"({human_bytes(s.nbytes)}): {s.rows_written} rows in {s.seconds:.1f} s{rate}{resumed}; "
+              f"store now {human_bytes(cache.store.size_on_disk())}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Inspect, verify, convert and list featcache stores.")
     add_debug_flag(parser)
@@ -209,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_retrieve)
+    p = sub.add_parser("inputs", help="cache every row's student input: images (all views) at one "
+                                      "resolution, or texts as token ids")
+    p.add_argument("store")
+    p.add_argument("--size", type=int, default=0, help="image stores: the student's image size (pixels per side)")
+    p.add_argument("--filter", default="bilinear", choices=list(RESIZE_FILTERS),
+                   help="resize filter (the student's student.resize_filter; default bilinear)")
+    p.add_argument("--tokenizer", default="", help="text stores: the student's tokenizer directory (data.tokenizer)")
+    p.add_argument("--max-length", type=int, default=128, help="text stores: student.max_length (default 128)")
+    p.add_argument("--name", default="", help="node name under inputs/ (default image<SIZE>_<FILTER>, "
+                                              "tokens<LENGTH>_<TOKENIZER HASH>)")
+    p.add_argument("--data-root", default="", help="relocate the raw inputs the store recorded")
+    p.add_argument("--threads", type=int, default=2, help="decoding threads")
+    p.add_argument("--compressor", choices=["none", "lz4"], default="none")
+    p.set_defaults(func=cmd_inputs)
     p = sub.add_parser("ls", help="one line per store found under DIR")
     p.add_argument("dir")
     p.set_defaults(func=cmd_ls)

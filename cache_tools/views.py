@@ -53,3 +53,23 @@ def apply_view(image, params: np.ndarray):
     if flip >= 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
+
+
+# Resize filters a student input may be rendered with (Pillow's names, lower case).
+RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def render_view(image, params: np.ndarray | None, size: int, resize_filter: str = "bilinear") -> np.ndarray:
+    """A student's input: the view cropped/flipped by ``apply_view``, resized to size x size, uint8 HWC.
+
+    The one function both the decoding path of stage 2 and the cached student inputs
+    use, so a cached input is bitwise what decoding would give.
+    """
+    from PIL import Image
+
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+    if params is not None:
+        image = apply_view(image, params)
+    resample = getattr(Image.Resampling, resize_filter.upper())
+    return np.asarray(image.resize((size, size), resample), dtype=np.uint8)

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .config import FEATURE_DATA_KEYS, METHOD_PARAMS
+from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS
 
-NOT_GROUPING = {"out_dir", "seed"}
+NOT_GROUPING = {"out_dir", "seed", *(f"data.{k}" for k in PIPELINE_DATA_KEYS)}
 # keys only the feature methods read never split STL's runs: STL is the baseline for all of them
 FEATURE_KEYS = {f"data.{k}" for k in FEATURE_DATA_KEYS}
 

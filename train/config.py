@@ -14,6 +14,8 @@ METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",), "distill_features": ("kd_beta",)}
 # the [data] keys only methods with teacher features read
 FEATURE_DATA_KEYS = ("teachers", "standardize_teachers", "unlabeled_per_batch", "max_ram_gb")
+# the [data] keys that decide how fast batches arrive, never what they hold (same seed, same run)
+PIPELINE_DATA_KEYS = ("cached_inputs", "loader_workers", "prefetch")
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,21 @@ class DataConfig:
     max_ram_gb: float = 4.0  # hold features in memory up to this size, else stream chunks
     tokenizer: str = ""  # local Hugging Face tokenizer directory (text students)
     decode_threads: int = 2
+    # student inputs cached in the store (`featcache-cache inputs`): "auto" uses a complete set
+    # matching student.image_size and student.resize_filter and decodes otherwise; "require"
+    # refuses to decode; "off" always decodes. Cached or decoded, the pixels are the same.
+    cached_inputs: Literal["auto", "require", "off"] = "auto"
+    loader_workers: int = 2  # threads assembling batches ahead of the step; 0 = on the step's thread
+    prefetch: int = 4  # batches ready ahead of the step (the bounded queue)
 
     def validate(self) -> list[str]:
         errors = []
+        if self.loader_workers < 0:
+            errors.append("loader_workers: must be >= 0")
+        if self.prefetch < 1:
+            errors.append("prefetch: must be >= 1")
+        if self.decode_threads < 1:
+            errors.append("decode_threads: must be >= 1")
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 errors.append(f"{name}: must be in [0, 1)")
@@ -57,6 +71,7 @@ class StudentConfig:
     name: Literal["small_cnn", "resnet18", "mobilenet_v3_small", "vit_tiny", "text_transformer",
                   "text_cnn", "efficientnet_lite0"] = "small_cnn"
     image_size: int = 32
+    resize_filter: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
     max_length: int = 128
     width: int = 128
     checkpoint: str = ""  # local state dict to start from (the head may differ); pkg:package/file works

@@ -1,6 +1,7 @@
 """Stage 2's data path: splits of the store's rows, raw inputs, and cached features.
 
-Features come from the store by row id (never from a teacher); raw inputs come
+Features come from the store by row id (never from a teacher); student inputs
+come from the store's cached inputs when it holds a set matching the student, else
 from the source the store recorded, checked against the store's dataset
 fingerprint. Features are held in memory when they fit ``max_ram_gb``, else
 streamed with chunk-shuffled reads.
@@ -8,7 +9,6 @@ streamed with chunk-shuffled reads.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -16,12 +16,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.raw import open_with_inputs as open_split_store
-from featcache.cache_tools.paths import resolve_path
+from featcache.cache_tools import FeatureCache, require_complete
+from featcache.cache_tools.inputs import Tokenizer, find_matching, image_spec, text_spec
+from featcache.cache_tools.raw import source_of
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.cache_tools.sources import Source
-from featcache.cache_tools.views import apply_view
+from featcache.cache_tools.views import render_view
 
 from .config import DataConfig, StudentConfig
 
@@ -43,58 +43,140 @@ def label_budget(rows: np.ndarray, labels: np.ndarray, per_class: int, rng: np.r
     return np.sort(keep)
 
 
-class Inputs:
-    """Raw inputs of one source as model-ready tensors, decoded by a few threads."""
+class CachedInputs:
+    """A store's cached student inputs (``featcache-cache inputs``): in memory when they fit
+    ``max_ram_gb``, else gathered chunk by chunk from the store."""
 
-    def __init__(self, source: Source, student: StudentConfig, tokenizer: str = "", threads: int = 2) -> None:
+    def __init__(self, cache: FeatureCache, name: str, max_ram_gb: float) -> None:
+        self.cache, self.name = cache, name
+        info = cache.inputs_info(name)
+        self.kind = info["spec"]["kind"]
+        arrays = info["arrays"]
+        # pixels (N, K, H, W, 3); (N, H, W, 3) with one view
+        self.multi_view = self.kind == "image" and len(arrays["pixels"]["shape"]) == 5
+        nbytes = sum(int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize for a in arrays.values())
+        self.in_memory = nbytes <= max_ram_gb * GiB
+        self.data = {a: cache.load_inputs(name, a) for a in arrays} if self.in_memory else None
+
+    def _take(self, array: str, rows: np.ndarray) -> np.ndarray:
+        if self.data is not None:
+            return self.data[array][rows]
+        return self.cache.take_inputs(self.name, array, rows)
+
+    def pixels(self, rows: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        """(B, H, W, 3) uint8: each row's view (view 0 when ``views`` is None)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        v = np.zeros(len(rows), np.int64) if views is None else np.asarray(views, dtype=np.int64)
+        if self.data is not None and self.multi_view:
+            return self.data["pixels"][rows, v]
+        px = self._take("pixels", rows)
+        return px[np.arange(len(rows)), v] if self.multi_view else px
+
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._take("ids", rows), self._take("lengths", rows)
+
+
+def tokens_to_model(ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids long, padding mask bool): what text students take."""
+    mask = torch.arange(ids.shape[1])[None, :] < torch.from_numpy(np.asarray(lengths, np.int64))[:, None]
+    return torch.from_numpy(np.ascontiguousarray(ids)).long(), mask
+
+
+class Inputs:
+    """A split's student inputs as model-ready tensors: gathered from the store's cached
+    inputs when it has a set matching the student, else decoded (tokenized) from the raw
+    inputs. Both give the same values (``views.render_view``, ``Tokenizer.encode``);
+    ``origin`` says which."""
+
+    def __init__(self, source: Source | None, student: StudentConfig, tokenizer: "str | Tokenizer" = "",
+                 threads: int = 2, *, cached: CachedInputs | None = None, modality: str = "",
+                 origin: str = "decoded from the raw inputs") -> None:
         self.source, self.size, self.max_length = source, student.image_size, student.max_length
+        self.resize_filter = student.resize_filter
+        self.cached, self.origin = cached, origin
+        self.modality = modality or (source.modality if source is not None else "image")
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
-        self.tokenizer = load_tokenizer(tokenizer) if source.modality == "text" else None
-        if source.modality == "text" and self.tokenizer is None:
+        self.tokenizer = load_tokenizer(tokenizer) if self.modality == "text" else None
+        if self.modality == "text" and self.tokenizer is None:
             raise ValueError("data.tokenizer: text students need a local tokenizer directory")
 
     def _image(self, i: int, params: np.ndarray | None) -> np.ndarray:
-        from PIL import Image
+        return render_view(self.source.load(int(i)), params, self.size, self.resize_filter)
 
-        img = self.source.load(int(i))
-        if params is not None:
-            img = apply_view(img, params)
-        return np.asarray(img.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
-
-    def batch(self, rows: np.ndarray, params: np.ndarray | None = None) -> Any:
-        if self.source.modality == "text":
-            texts = [self.source.load(int(i)) for i in rows]
-            return self.tokenizer(texts, self.max_length)
+    def pixels(self, rows: np.ndarray, params: np.ndarray | None = None,
+               views: np.ndarray | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 of each row's view: ``views`` index the cached set, ``params`` replay it."""
+        if self.cached is not None:
+            return torch.from_numpy(self.cached.pixels(rows, views))
         plist = [None] * len(rows) if params is None else list(params)
-        arr = np.stack(list(self.pool.map(self._image, rows, plist)))
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.from_numpy(np.stack(list(self.pool.map(self._image, rows, plist))))
+
+    @staticmethod
+    def to_model(pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], on whatever device ``pixels`` is."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         return x.sub_(0.5).div_(0.5)
 
+    def batch(self, rows: np.ndarray, params: np.ndarray | None = None, views: np.ndarray | None = None,
+              normalize: bool = True) -> Any:
+        """The student's input for ``rows``: token (ids, mask), or images (uint8 unless ``normalize``)."""
+        if self.modality == "text":
+            if self.cached is not None:
+                return tokens_to_model(*self.cached.tokens(rows))
+            texts = [self.source.load(int(i)) for i in rows]
+            return tokens_to_model(*self.tokenizer.encode(texts, self.max_length))
+        px = self.pixels(rows, params, views)
+        return self.to_model(px) if normalize else px
 
-def load_tokenizer(path: str):
-    """A fast tokenizer from a local Hugging Face directory: texts -> (ids, mask) tensors."""
-    if not path:
-        return None
-    from tokenizers import Tokenizer
 
-    path = resolve_path(path)
-    file = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{path}: no tokenizer.json (a Hugging Face fast tokenizer directory)")
-    tok = Tokenizer.from_file(file)
-    pad_id = tok.token_to_id("[PAD]") or 0
+def _wanted(cache: FeatureCache, student: StudentConfig,
+            cfg: DataConfig) -> tuple[dict[str, Any], str, Tokenizer | None]:
+    """The spec of inputs this student reads, the command that caches them, and its tokenizer."""
+    if cache.source.get("modality", "image") == "text":
+        if not cfg.tokenizer:
+            raise ValueError("data.tokenizer: text students need a local tokenizer directory")
+        tok = Tokenizer(cfg.tokenizer)
+        return (text_spec(tok, student.max_length), f"featcache-cache inputs {cache.path} --tokenizer "
+                f"{cfg.tokenizer} --max-length {student.max_length}", tok)
+    spec = image_spec(student.image_size, student.resize_filter)
+    return spec, f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}", None
 
-    def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(texts), max_length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), max_length), dtype=torch.bool)
-        for row, enc in enumerate(tok.encode_batch(texts)):
-            toks = enc.ids[:max_length]
-            ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            mask[row, : len(toks)] = True
-        return ids, mask
 
-    encode.vocab_size = tok.get_vocab_size()  # type: ignore[attr-defined]
-    return encode
+def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:
+    """Cached inputs when the store has a complete set matching the student, else the raw inputs."""
+    wanted, hint, tok = _wanted(cache, student, cfg)
+    made = "decoded from the raw inputs" if wanted["kind"] == "image" else "tokenized from the raw texts"
+    if cfg.cached_inputs == "off":
+        origin = f"{made} (data.cached_inputs = off)"
+    else:
+        name, why = find_matching(cache, wanted)
+        if name is not None:
+            cached = CachedInputs(cache, name, cfg.max_ram_gb)
+            where = "in memory" if cached.in_memory else "read from the store"
+            return Inputs(None, student, tok or "", cfg.decode_threads, cached=cached, modality=wanted["kind"],
+                          origin=f"{why}, {where}")
+        if cfg.cached_inputs == "require":
+            raise ValueError(f"data.cached_inputs: 'require', but {why}; write them with `{hint}`")
+        origin = f"{made} ({why}; `{hint}` caches them)"
+    return Inputs(source_of(cache, cfg.data_root), student, tok or "", cfg.decode_threads, origin=origin)
+
+
+def load_tokenizer(path: "str | Tokenizer") -> Tokenizer | None:
+    """The fast tokenizer of a local Hugging Face directory (``encode``: texts -> ids, lengths)."""
+    if isinstance(path, Tokenizer) or not path:
+        return path or None
+    return Tokenizer(path)
+
+
+def describe_inputs(splits: dict[str, "Split"]) -> str:
+    """One line: where each split's inputs come from (splits sharing a store share a phrase)."""
+    groups: dict[int, list[str]] = {}
+    order = {"train": 0, "val": 1, "test": 2}
+    for name, split in sorted(splits.items(), key=lambda kv: order.get(kv[0], 3)):
+        groups.setdefault(id(split.inputs), []).append(name)
+    by_id = {id(s.inputs): s.inputs for s in splits.values()}
+    return "; ".join(f"{'+'.join(names)} {by_id[key].origin}" for key, names in groups.items())
 
 
 class FeatureBank:
@@ -201,8 +283,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     transfer set); val and test then come from their own stores (val may be empty).
     """
     rng = np.random.default_rng(cfg.split_seed)
-    cache, source = open_split_store(cfg.store, cfg.data_root)
-    inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
+    cache, inputs = open_split_store(cfg.store, cfg, student)
     if unlabeled:
         return _unlabeled_splits(cfg, student, cache, inputs)
     train_rows = cache.labeled_rows()
@@ -220,15 +301,22 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     train_rows = label_budget(train_rows, cache.labels, cfg.label_budget, rng)
     unlabeled = np.setdiff1d(np.flatnonzero(cache.valid), np.concatenate([train_rows, *held_out]))
     splits["train"] = Split("train", cache, inputs, train_rows, unlabeled)
-    classes = source.classes or []
+    classes = cache.source.get("classes") or []
     num_classes = max(len(classes), int(cache.labels.max()) + 1)
     return splits, num_classes
 
 
+def open_split_store(path: str, cfg: DataConfig, student: StudentConfig) -> tuple[FeatureCache, Inputs]:
+    """A complete store and its student inputs (cached, or the raw inputs it was built from)."""
+    cache = FeatureCache.open(path)
+    require_complete(cache)
+    return cache, open_inputs(cache, student, cfg)
+
+
 def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -> Split:
-    """Every valid labeled row of another store, with its own raw inputs."""
-    cache, source = open_split_store(path, cfg.data_root)
-    return Split(name, cache, Inputs(source, student, cfg.tokenizer, cfg.decode_threads), cache.labeled_rows())
+    """Every valid labeled row of another store, with its own inputs."""
+    cache, inputs = open_split_store(path, cfg, student)
+    return Split(name, cache, inputs, cache.labeled_rows())
 
 
 def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,

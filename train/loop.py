@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from contextlib import closing
 from typing import Any, Callable
 
 import numpy as np
@@ -20,13 +21,15 @@ from featcache.cache_tools.provenance import created_by
 
 from . import checkpoint as ckpt_io
 from .config import UNLABELED_METHODS, TrainConfig
-from .data import FeatureBank, Split, build_splits
+from .data import FeatureBank, Inputs, Split, build_splits, describe_inputs
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from .losses import AFT, RKD, FeatureDistill, FeatureKD, LogitDistill, Method, PredictionKD
+from .prefetch import prefetch
 from .probe import fit_linear_probe, probe_accuracy
 from .students import StudentSpec, build_student, count_parameters, feature_dim, init_embeddings, read_word_embeddings
 
 Log = Callable[[str], None]
+LOSS_READ_EVERY = 50  # steps between reads of the running losses (each read waits for the device)
 
 
 class Learner(nn.Module):
@@ -101,12 +104,16 @@ def steps_per_epoch(rows: np.ndarray, dist_: Dist, batch_size: int, chunk_rows: 
 
 
 def to_device(x: Any, device: torch.device) -> Any:
-    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+    non_blocking = device.type == "cuda"  # from pinned memory: the copy overlaps the step
+    if isinstance(x, tuple):
+        return tuple(t.to(device, non_blocking=non_blocking) for t in x)
+    return x.to(device, non_blocking=non_blocking)
 
 
-def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
-                  rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None):
-    """(inputs, features or None, labels) with each row's view drawn at random when the store has several.
+def train_plans(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
+                rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None):
+    """What each batch holds: (row ids, view params or None, view ids or None, features or None, labels),
+    each row's view drawn at random when the store has several. Everything random is drawn here.
 
     ``extra`` rows drawn from ``pool`` (rows outside the label budget) join every batch with
     label -1: the feature terms see them, cross-entropy does not.
@@ -124,20 +131,74 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
             ids = np.concatenate([ids, more])
             feats = np.concatenate([feats, bank.take(more)])
             labels = np.concatenate([labels, np.full(len(more), -1, labels.dtype)])
-        params = None
+        params = v = None
         if views > 1:
             v = rng.integers(0, views, size=len(ids))
             if feats is not None:
                 feats = feats[np.arange(len(ids)), v]
             if split.cache.view_param_names:
                 params = split.cache.view_params[ids, v]
+        yield ids, params, v, feats, labels
+
+
+def _pin(t: Any) -> Any:
+    if t is None:
+        return None
+    return tuple(u.pin_memory() for u in t) if isinstance(t, tuple) else t.pin_memory()
+
+
+def _pinned(batch: tuple, pin: bool) -> tuple:
+    """Page-locked copies (CUDA only), so the step's host-to-device copies run asynchronously."""
+    return tuple(_pin(t) for t in batch) if pin else batch
+
+
+def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
+                  rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None, *,
+                  workers: int = 0, depth: int = 2, device: torch.device | None = None):
+    """(inputs, features or None, labels) of each batch, assembled ahead by ``workers`` threads.
+
+    On CUDA, images travel as pinned uint8 and are normalised on the device (``prepare_inputs``);
+    elsewhere they arrive ready for the student.
+    """
+    cuda = device is not None and device.type == "cuda"
+
+    def build(plan):
+        ids, params, views, feats, labels = plan
+        x = split.inputs.batch(ids, params, views, normalize=not cuda)
         phi = None if feats is None else torch.from_numpy(feats)
-        yield split.inputs.batch(ids, params), phi, torch.from_numpy(labels)
+        return _pinned((x, phi, torch.from_numpy(labels)), cuda)
+
+    return prefetch(train_plans(split, bank, rows, batch_size, rng, extra, pool), build, workers, depth)
+
+
+def prepare_inputs(x: Any, device: torch.device) -> Any:
+    """On the device: uint8 images (the CUDA path) become the student's float input."""
+    x = to_device(x, device)
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        return Inputs.to_model(x)
+    return x
+
+
+def eval_batches(split: Split, rows: np.ndarray, batch_size: int, workers: int, depth: int,
+                 device: torch.device) -> Any:
+    """(inputs, labels) of consecutive row slices, assembled ahead like training batches."""
+    cuda = device.type == "cuda"
+
+    def build(ids):
+        x = split.inputs.batch(ids, normalize=not cuda)
+        return _pinned((x, torch.from_numpy(split.cache.labels[ids])), cuda)
+
+    return prefetch((rows[i:i + batch_size] for i in range(0, len(rows), batch_size)), build, workers, depth)
+
+
+def _read_losses(sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+    """The only place the loop waits for the device: once per LOSS_READ_EVERY steps and per epoch."""
+    return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()
 def evaluate(learner: Learner, split: Split, num_classes: int, device: torch.device, dist_: Dist,
-             batch_size: int = 256) -> dict[str, Any]:
+             batch_size: int = 256, workers: int = 0, depth: int = 2) -> dict[str, Any]:
     if len(split.rows) == 0:
         return {"accuracy": None, "loss": None, "per_class_accuracy": [], "rows": 0}
     learner.eval()
@@ -145,15 +206,14 @@ def evaluate(learner: Learner, split: Split, num_classes: int, device: torch.dev
     correct = torch.zeros(num_classes, dtype=torch.float64)
     seen = torch.zeros(num_classes, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    for i in range(0, len(rows), batch_size):
-        ids = rows[i:i + batch_size]
-        y = torch.from_numpy(split.cache.labels[ids])
-        logits, _ = learner.student(to_device(split.inputs.batch(ids), device))
-        logits = logits.float().cpu()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        hit = (logits.argmax(1) == y).double()
-        correct.index_add_(0, y, hit)
-        seen.index_add_(0, y, torch.ones_like(hit))
+    with closing(eval_batches(split, rows, batch_size, workers, depth, device)) as batches:
+        for x, y in batches:
+            logits, _ = learner.student(prepare_inputs(x, device))
+            logits = logits.float().cpu()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            hit = (logits.argmax(1) == y).double()
+            correct.index_add_(0, y, hit)
+            seen.index_add_(0, y, torch.ones_like(hit))
     for t in (correct, seen, loss_sum):
         all_sum(t)
     learner.train()
@@ -242,38 +302,45 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         history, start_epoch = state["history"], state["epoch"]
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     amp = cfg.amp and device.type == "cuda"
+    log(f"inputs: {describe_inputs(splits)}")
     log(f"{cfg.method.name} | student {cfg.student.name} ({count_parameters(student):,} params) | "
         f"{len(train.rows)} train / {len(splits['val'].rows)} val / {len(splits['test'].rows)} test rows | "
         f"{device} x{dist_.world}")
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    loader = {"workers": cfg.data.loader_workers, "depth": cfg.data.prefetch}
     for epoch in range(start_epoch, cfg.optim.epochs):
         rng = np.random.default_rng([cfg.seed, epoch, dist_.rank])
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + dist_.rank)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: read every LOSS_READ_EVERY steps, not every step
         t0, rows_done = time.time(), 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if dist_.is_main else True,
                    file=sys.stderr, leave=False)
-        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, rank_unlabeled)
-        for step, (x, phi, y) in zip(range(steps), batches):
-            x, y = to_device(x, device), y.to(device)
-            phi = None if phi is None else phi.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                _, parts = model(x, phi, y)
-            loss = sum(parts.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            rows_done += len(y)
-            bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
-            bar.update(1)
+        batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, rank_unlabeled,
+                                device=device, **loader)
+        with closing(batches):
+            for step, (x, phi, y) in zip(range(steps), batches):
+                x, y = prepare_inputs(x, device), y.to(device, non_blocking=True)
+                phi = None if phi is None else phi.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    _, parts = model(x, phi, y)
+                loss = sum(parts.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                for k, v in parts.items():
+                    v = v.detach().to(acc_dtype)
+                    sums[k] = sums[k] + v if k in sums else v
+                rows_done += len(y)
+                if not bar.disable and (step + 1) % LOSS_READ_EVERY == 0:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in _read_losses(sums, step + 1).items()}, refresh=False)
+                bar.update(1)
         bar.close()
+        losses = _read_losses(sums, steps)
         secs = time.time() - t0
-        val = evaluate(learner, splits["val"], num_classes, device, dist_)
-        losses = {k: v / steps for k, v in sums.items()}
+        val = evaluate(learner, splits["val"], num_classes, device, dist_, **loader)
         record = {"epoch": epoch + 1, "losses": losses, "loss": sum(losses.values()), "val_accuracy": val["accuracy"],
                   "val_loss": val["loss"], "lr": scheduler.get_last_lr()[0], "epoch_seconds": secs,
                   "rows_per_second": rows_done * dist_.world / secs}
@@ -288,7 +355,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
             ckpt_io.write_text_atomic(os.path.join(cfg.out_dir, "metrics.jsonl"),
                                       "".join(_json_line(r) for r in history))
         barrier()
-    test = evaluate(learner, splits["test"], num_classes, device, dist_)
+    test = evaluate(learner, splits["test"], num_classes, device, dist_, **loader)
     results = _results(cfg, splits, bank, history, test, count_parameters(student), time.time() - t_start, dist_,
                        str(device))
     if dist_.is_main:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from featcache.cache_tools.config import ConfigError, load_config, parse_override, to_dict
 
 from .checkpoint import write_json_atomic
-from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, Method, TrainConfig
+from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS, Method, TrainConfig
 
 Log = Callable[[str], None]
 METHOD_NAMES = typing.get_args(Method)
@@ -103,6 +103,10 @@ def config_hash(config: dict[str, Any]) -> str:
     body["method"] = {k: v for k, v in method.items() if k in keep}
     if method.get("name") == "stl":
         body["data"] = {k: v for k, v in body.get("data", {}).items() if k not in FEATURE_DATA_KEYS}
+    # how batches are made never changes what a run computes; the default filter keeps older hashes
+    body["data"] = {k: v for k, v in body.get("data", {}).items() if k not in PIPELINE_DATA_KEYS}
+    if body.get("student", {}).get("resize_filter") == "bilinear":
+        body["student"] = {k: v for k, v in body["student"].items() if k != "resize_filter"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
 
