@@ -2,6 +2,7 @@
 # Both stages on this machine's GPUs, in one script (under 5 minutes on one GPU):
 #   1. benchmarks/bench_gpu.py: EfficientNet-Lite0 extraction on the GPU against the bare teacher loop,
 #      and the epoch time of AFT against STL for the demo student with bf16 autocast;
+#      then benchmarks/bench_inputs.py: the student's input paths against the pure-compute ceiling;
 #   2. torchrun --nproc_per_node=<GPUs> of stage 1 (ranks split partitions of one store), then verify;
 #   3. torchrun of stage 2 (DDP over NCCL, counts over gloo) on that store.
 # Run from a checkout after `make setup` (or with PY=/path/to/python of an environment holding
@@ -28,6 +29,9 @@ NPROC=$(( NGPU > 0 ? NGPU : 2 ))
 
 step "benchmarks: extraction vs bare loop, AFT vs STL epoch ($ROWS images)"
 (cd benchmarks && "$PY" bench_gpu.py --rows "$ROWS" --work "$WORK" --out "$WORK/bench_gpu.json")
+
+step "student inputs: compute ceiling vs decode vs overlapped decode vs cached inputs"
+(cd benchmarks && "$PY" bench_inputs.py --out "$WORK/bench_inputs.json")
 
 step "torchrun stage 1: $NPROC processes into one store"
 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m featcache.pipeline.cli "$WORK/extract.toml" \
