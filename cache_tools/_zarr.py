@@ -60,7 +60,8 @@ class ZarrStore(Store):
             mode = "r" if read_only else "r+"
         opts = None if isinstance(self._fs, LocalFileSystem) else storage_options
         try:
-            self._group = zarr.open_group(self.path, mode=mode, storage_options=opts)
+            # Never consolidated metadata: a snapshot of the hierarchy would hide teachers added later.
+            self._group = zarr.open_group(self.path, mode=mode, storage_options=opts, use_consolidated=False)
         except (ValueError, json.JSONDecodeError) as exc:
             raise CorruptCacheError(f"{self.path}: unreadable Zarr metadata ({exc})") from exc
 
@@ -106,7 +107,15 @@ class ZarrStore(Store):
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
         self._array(node)[start:start + len(values)] = values
 
+    def _forget_listings(self) -> None:
+        """Other processes add teachers and markers: list again instead of trusting fsspec's cache."""
+        self._fs.invalidate_cache()
+        fs = getattr(self._group.store, "fs", None)
+        if fs is not None:
+            fs.invalidate_cache()
+
     def children(self, node: str) -> list[str]:
+        self._forget_listings()
         with warnings.catch_warnings():  # the marker folder is ours, not a Zarr node
             warnings.filterwarnings("ignore", message=f".*{MARKER_DIR}.*not recognized")
             return sorted(k for k in self._node(node).keys() if k != MARKER_DIR)
@@ -135,10 +144,13 @@ class ZarrStore(Store):
 
     def markers(self) -> dict[str, dict[str, Any]]:
         base = f"{self._root}/{MARKER_DIR}"
-        if not self._fs.exists(base):
+        self._forget_listings()
+        try:
+            paths = [p for p in self._fs.find(base) if p.endswith(".json")]
+        except FileNotFoundError:
             return {}
-        paths = [p for p in self._fs.find(base) if p.endswith(".json")]
-        blobs = self._fs.cat(paths) if paths else {}
+        # a marker deleted between the listing and the read (its partition is being rewritten) is not done
+        blobs = self._fs.cat(paths, on_error="omit") if paths else {}
         prefix = len(self._fs._strip_protocol(base)) + 1
         out = {}
         for path, blob in blobs.items():
@@ -150,4 +162,7 @@ class ZarrStore(Store):
         return out
 
     def size_on_disk(self) -> int:
-        return int(self._fs.du(self._root, total=True))
+        # one listing with sizes: fsspec's du() re-reads each key's info, which fails on a key
+        # another writer replaces (or an object store lists) between the two calls
+        self._forget_listings()
+        return int(sum(info.get("size") or 0 for info in self._fs.find(self._root, detail=True).values()))

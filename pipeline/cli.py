@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from featcache.cache_tools.cliutil import EXIT_OK, add_debug_flag, human_bytes, run_cli
+from featcache.cache_tools import storage
 from featcache.cache_tools.config import load_config
 
 from .config import ExtractConfig
@@ -31,6 +32,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="add the config's new teachers to an existing store (others stay untouched)")
         p.add_argument("--teachers", metavar="NAME[,NAME]",
                        help="run only these of the config's teachers (e.g. one cheap teacher for an eval store)")
+    storage.add_flag(p)
     add_debug_flag(p)
     return p
 
@@ -48,6 +50,7 @@ def select_teachers(cfg: ExtractConfig, names: str | None) -> ExtractConfig:
 
 
 def handle(command: str | None, args: argparse.Namespace) -> int:
+    storage.use_flags(args)
     if command == "finetune":
         from .finetune import FinetuneConfig, run_finetune
         run_finetune(load_config(FinetuneConfig, args.config, args.overrides))

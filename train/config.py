@@ -4,7 +4,9 @@ configs/ override it and ``--set section.key=value`` overrides those."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from featcache.cache_tools.storage import storage_field
 
 Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
 UNLABELED_METHODS = ("distill_logits", "distill_features")
@@ -35,6 +37,9 @@ class DataConfig:
     max_ram_gb: float = 4.0  # hold features in memory up to this size, else stream chunks
     tokenizer: str = ""  # local Hugging Face tokenizer directory (text students)
     decode_threads: int = 2
+    # [data.storage]: fsspec options of s3:// gs:// az:// stores (endpoint_url, profile, anon, ...), for
+    # store, test_store and val_store; never saved anywhere. --storage-option KEY=VALUE overrides them.
+    storage: dict[str, Any] = storage_field()
 
     def validate(self) -> list[str]:
         errors = []

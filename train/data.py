@@ -201,7 +201,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     transfer set); val and test then come from their own stores (val may be empty).
     """
     rng = np.random.default_rng(cfg.split_seed)
-    cache, source = open_split_store(cfg.store, cfg.data_root)
+    cache, source = open_split_store(cfg.store, cfg.data_root, teachers=cfg.teachers or None)
     inputs = Inputs(source, student, cfg.tokenizer, cfg.decode_threads)
     if unlabeled:
         return _unlabeled_splits(cfg, student, cache, inputs)
