@@ -118,14 +118,24 @@ def extract_config(path, images, ckpt, store, s3=None, name="effnet", image_size
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, timm_ckpt):
-    """60 images and their single-process store on local disk (one thread: bit-equal features)."""
+    """40 images and their single-process store on local disk (one thread: bit-equal features)."""
     d = tmp_path_factory.mktemp("s3ref")
-    images = make_images(d / "imgs", classes=4, per_class=15)
+    images = make_images(d / "imgs", classes=4, per_class=10)
     cfg = extract_config(d / "ref.toml", images, timm_ckpt, str(d / "ref.zarr"))
-    res = subprocess.run([_exe("featcache-extract"), cfg], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr
+    extract_here(cfg)
     return images, str(d / "ref.zarr")
+
+
+def extract_here(cfg_path: str, *flags: str) -> None:
+    """featcache-extract in this process, on one thread like the OMP_NUM_THREADS=1 subprocesses."""
+    import torch
+    from featcache.pipeline.cli import main as extract_main
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert extract_main([cfg_path, *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def same_store(a: FeatureCache, b: FeatureCache) -> None:
@@ -138,14 +148,23 @@ def same_store(a: FeatureCache, b: FeatureCache) -> None:
 
 
 # -- publish, inspect, pull ---------------------------------------------------------------------
-def test_extract_into_s3_then_ls_info_verify_convert_both_ways(s3, request, images, timm_ckpt, tmp_path, capsys):
-    store = url(request, "caches/imgs.zarr")
-    storage_cfg = {"storage": {"endpoint_url": s3["endpoint"]}}
-    s = extract(store, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)], output=storage_cfg)
+@pytest.fixture(scope="module")
+def published(s3, tmp_path_factory, timm_ckpt):
+    """Team A's store in the bucket, written with the endpoint in [output.storage]; the same on local disk."""
+    d = tmp_path_factory.mktemp("published")
+    images = make_images(d / "images")
+    store = f"s3://{BUCKET}/published/caches/imgs.zarr"
+    src = {"kind": "image_folder", "root": images}
+    s = extract(store, src, [timm_teacher(timm_ckpt)], output={"storage": {"endpoint_url": s3["endpoint"]}})
     assert s.complete and s.rows == 24 and s.path == store
-    local = extract(tmp_path / "local.zarr", {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)])
-    storage.reset()  # from here on only the flags say where the server is
-    assert cache_main(["ls", f"s3://{BUCKET}/{request.node.name}/caches", *flag(s3)]) == 0
+    local = extract(d / "local.zarr", src, [timm_teacher(timm_ckpt)])
+    storage.reset()
+    return {"store": store, "local": local.path, "images": images}
+
+
+def test_ls_info_verify_and_convert_both_ways(s3, request, published, tmp_path, capsys):
+    store = published["store"]  # from here on only the flags say where the server is
+    assert cache_main(["ls", f"s3://{BUCKET}/published/caches", *flag(s3)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{store}\tzarr\t24 rows\teffnet\t") and line.endswith("\tcomplete")
     assert cache_main(["info", store, "--json", *flag(s3)]) == 0
@@ -155,14 +174,15 @@ def test_extract_into_s3_then_ls_info_verify_convert_both_ways(s3, request, imag
     assert capsys.readouterr().out.strip().endswith("6 partitions checked, OK")
     pulled = str(tmp_path / "pulled.zarr")
     assert cache_main(["convert", store, pulled, *flag(s3)]) == 0
-    pushed = url(request, "caches/pushed.zarr")
+    pushed = url(request, "pushed.zarr")
     assert cache_main(["convert", pulled, pushed, *flag(s3)]) == 0
     assert cache_main(["verify", pushed, *flag(s3)]) == 0
     storage.set_options({"endpoint_url": s3["endpoint"]})
-    with FeatureCache.open(local.path) as a, FeatureCache.open(pushed) as b, FeatureCache.open(pulled) as c:
+    with FeatureCache.open(published["local"]) as a, FeatureCache.open(pushed) as b, FeatureCache.open(pulled) as c:
         for other in (b, c):
             np.testing.assert_array_equal(a.load("effnet"), other.load("effnet"))
             assert other.dataset_fingerprint == a.dataset_fingerprint and verify(other).ok
+    storage.reset()
     assert cache_main(["ls", f"s3://{BUCKET}/{request.node.name}/nothing", *flag(s3)]) == 2
     assert "no such bucket or prefix" in capsys.readouterr().err
 
@@ -177,15 +197,11 @@ def train_config(out_dir, store, s3, **data):
     return load_config(TrainConfig, data=cfg)
 
 
-def test_training_streams_chunk_shuffled_features_from_s3(s3, request, images, timm_ckpt, tmp_path):
+def test_training_streams_chunk_shuffled_features_from_s3(s3, published, tmp_path):
     from featcache.train.loop import run
-    store = url(request, "train.zarr")
-    extract(store, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)],
-            output={"storage": {"endpoint_url": s3["endpoint"]}})
-    storage.reset()
     said = []
-    res = run(train_config(tmp_path / "run", store, s3), log=said.append)
-    assert res["store"]["path"] == store and res["epochs"] == 1 and res["test_rows"] > 0
+    res = run(train_config(tmp_path / "run", published["store"], s3), log=said.append)
+    assert res["store"]["path"] == published["store"] and res["epochs"] == 1 and res["test_rows"] > 0
     assert any("streamed chunk by chunk" in m for m in said)
 
 
@@ -204,7 +220,7 @@ def test_torchrun_two_ranks_into_one_s3_store_equal_single_process(s3, request, 
         same_store(a, b)
 
 
-def test_resume_after_kill_9_during_s3_extraction(s3, request, reference, timm_ckpt, tmp_path):
+def test_resume_after_kill_9_during_s3_extraction(s3, request, reference, timm_ckpt, tmp_path, capsys):
     import s3fs
     images, ref = reference
     store = url(request, "killed.zarr")
@@ -225,9 +241,10 @@ def test_resume_after_kill_9_during_s3_extraction(s3, request, reference, timm_c
     storage.set_options({"endpoint_url": s3["endpoint"]})
     with FeatureCache.open(store) as half:
         assert not half.is_complete, "killed too late to test a resume"
-    res = subprocess.run([_exe("featcache-extract"), cfg], capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stdout + res.stderr
+    storage.reset()
+    extract_here(cfg)
+    assert "resuming" in capsys.readouterr().out
+    storage.set_options({"endpoint_url": s3["endpoint"]})
     with FeatureCache.open(ref) as a, FeatureCache.open(store) as b:
         same_store(a, b)
 
@@ -253,6 +270,7 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
                 for name, t in info["teachers"].items():  # a listed teacher is fully described
                     assert t["fingerprint"] and t["shape"][0] == 24 and t["partitions_done"] <= 6
                 seen.append(sorted(info["teachers"]))
+                time.sleep(0.25)  # the server shares this process: leave it time for the writers
             except BaseException as exc:  # noqa: BLE001 - the main thread reports it
                 errors.append(exc)
                 return
@@ -272,46 +290,41 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
 
 
 # -- credentials ------------------------------------------------------------------------------------
-def test_read_only_credentials_read_and_train_but_writes_fail_in_one_line(s3, request, images, timm_ckpt,
+def test_read_only_credentials_read_and_train_but_writes_fail_in_one_line(s3, request, published, timm_ckpt,
                                                                           tmp_path, capsys):
     from featcache.pipeline.cli import main as extract_main
     from featcache.train.loop import run
-    store = url(request, "pub.zarr")
-    extract(store, {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)],
-            output={"storage": {"endpoint_url": s3["endpoint"]}})
-    storage.reset()
+    store = published["store"]
     ro = flag(s3, key=s3["reader"]["key"], secret=s3["reader"]["secret"])
     assert cache_main(["info", store, *ro]) == 0 and "complete    yes" in capsys.readouterr().out
     res = run(train_config(tmp_path / "run", store, s3, storage={"endpoint_url": s3["endpoint"],
                                                                **s3["reader"]}), log=lambda _m: None)
     assert res["epochs"] == 1
     storage.reset()
-    cfg = extract_config(tmp_path / "add.toml", images, timm_ckpt, store, name="effnet48", image_size=48, views=1)
+    cfg = extract_config(tmp_path / "add.toml", published["images"], timm_ckpt, store, name="effnet48",
+                         image_size=48, views=1)
     assert extract_main([cfg, "--add-teacher", "--teachers", "effnet48", *ro]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "featcache-extract: error:" in err and "Access Denied" in err
     storage.reset()
-    assert cache_main(["convert", str(tmp_path / "nope.zarr"), url(request, "x.zarr"), *ro]) == 2
-    capsys.readouterr()
-    local = extract(tmp_path / "l.zarr", {"kind": "image_folder", "root": images}, [timm_teacher(timm_ckpt)])
-    assert cache_main(["convert", local.path, url(request, "copy.zarr"), *ro]) == 1
+    assert cache_main(["convert", published["local"], url(request, "copy.zarr"), *ro]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Access Denied" in err
     storage.reset()
     assert cache_main(["info", store, *flag(s3)]) == 0 and "teachers    1" in capsys.readouterr().out
 
 
-def test_storage_options_never_reach_a_file_or_log(s3, request, images, timm_ckpt, tmp_path):
+def test_storage_options_never_reach_a_file_or_log(s3, request, images, timm_ckpt, tmp_path, capsys, monkeypatch):
     """Credentials given as options: not in the store, results, saved configs, checkpoints, or output."""
     import s3fs
+    from featcache.train.cli import main as train_main
     w = s3["writer"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
     store = url(request, "secret.zarr")
     cfg = extract_config(tmp_path / "e.toml", images, timm_ckpt, store, s3=s3, views=1)
     creds = flag(s3, key=w["key"], secret=w["secret"])
-    res = subprocess.run([_exe("featcache-extract"), cfg, *creds], capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr
-    out = res.stdout + res.stderr
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # only the flags hold credentials
+        monkeypatch.delenv(name)
+    extract_here(cfg, *creds)
     tcfg = tmp_path / "t.toml"
     tcfg.write_text(textwrap.dedent(f"""
         out_dir = {str(tmp_path / 'run')!r}
@@ -328,14 +341,11 @@ def test_storage_options_never_reach_a_file_or_log(s3, request, images, timm_ckp
         epochs = 1
         batch_size = 8
     """))
-    res = subprocess.run([_exe("featcache-train"), str(tcfg), *creds], capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out += res.stdout + res.stderr
-    res = subprocess.run([_exe("featcache-train"), "sweep", str(tcfg), "--grid", "method=stl", "--out",
-                          str(tmp_path / "sweep"), *creds], capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out += res.stdout + res.stderr
-    fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint"], skip_instance_cache=True)
+    assert train_main([str(tcfg), *creds]) == 0
+    assert train_main(["sweep", str(tcfg), "--grid", "method=stl", "--out", str(tmp_path / "sweep"), *creds]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint"], skip_instance_cache=True, **w)
     blobs = [fs.cat(p) for p in fs.find(store[5:])]
     for root, _dirs, files in os.walk(tmp_path):
         blobs += [open(os.path.join(root, f), "rb").read() for f in files]
