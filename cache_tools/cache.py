@@ -351,6 +351,11 @@ class FeatureCache:
         """Rows ``start:stop`` of a teacher: the fast path when aligned to chunks."""
         return self.store.read(self._features_node(teacher), start, stop)
 
+    def read_many(self, teacher: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Several row ranges of a teacher in one call, fetched concurrently where the backend can
+        (Zarr: one round of requests to object storage instead of one per range)."""
+        return self.store.read_many(self._features_node(teacher), ranges)
+
     def take(self, teacher: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows in the order given (repeats allowed), read chunk by chunk, never row by row."""
         rows = np.asarray(rows, dtype=np.int64)
