@@ -60,7 +60,8 @@ def find_stores(root: str) -> list[str]:
         fs, base = storage.filesystem(root)
         if not fs.isdir(base):
             raise NotADirectoryError(f"{root}: no such bucket or prefix")
-        return sorted(fs.unstrip_protocol(p) for p in _walk_remote(fs, base))
+        url = str(root).rstrip("/")  # found stores spelled like the URL the user gave
+        return sorted(url + p[len(base):] for p in _walk_remote(fs, base))
     if not os.path.isdir(root):
         raise NotADirectoryError(f"{root}: not a directory")
     return sorted(_walk_stores(root))
