@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import provenance
+from . import provenance, storage
 from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
 from .fingerprint import array_checksum, dataset_fingerprint, fingerprint
 from .locate import open_backend
@@ -160,6 +160,11 @@ class FeatureCache:
     @property
     def backend(self) -> str:
         return self.store.backend
+
+    @property
+    def remote(self) -> bool:
+        """Behind an fsspec URL (s3://, gs://...): every read is a request, so batch them."""
+        return storage.is_remote(self.path)
 
     @property
     def rows(self) -> int:

@@ -36,7 +36,8 @@ def iter_chunk_shuffled(read: ReadFn, n_rows: int, chunk_rows: int, batch_size: 
     Memory stays bounded by about ``2 * chunks_per_block`` chunks in flight. With
     ``read_many`` (several row ranges in one call, fetched concurrently by the store)
     each block is one call, two blocks in flight: on object storage this beats one
-    call per chunk from a thread pool by 2x. The batches are the same either way.
+    call per chunk from a thread pool (benchmarks/bench_remote.py); on a local disk the
+    thread pool is as fast. The batches are the same either way.
     """
     by_chunk = _chunk_rows_wanted(rows, n_rows, chunk_rows)
     order = rng.permutation(np.array(sorted(by_chunk), dtype=np.int64)).tolist()
@@ -88,5 +89,5 @@ def iter_teacher_batches(cache: FeatureCache, teacher: str, batch_size: int, *, 
                          rows: np.ndarray | None = None, **kwargs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Chunk-shuffled ``(row_ids, features)`` batches of one teacher of a store."""
     return iter_chunk_shuffled(lambda a, b: cache.read(teacher, a, b), cache.rows, cache.chunk_rows(teacher),
-                               batch_size, rng=rng, rows=rows, read_many=lambda r: cache.read_many(teacher, r),
-                               **kwargs)
+                               batch_size, rng=rng, rows=rows, **kwargs,
+                               read_many=(lambda r: cache.read_many(teacher, r)) if cache.remote else None)

@@ -126,6 +126,10 @@ class FeatureBank:
             return self.data[start:stop]
         return np.concatenate([self.cache.read(t, start, stop) for t in self.teachers], -1)
 
+    def _batched(self):
+        """Streaming from object storage: one concurrent call per block of chunks (see reading.py)."""
+        return self._read_many if self.data is None and self.cache.remote else None
+
     def _read_many(self, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
         per_teacher = [self.cache.read_many(t, ranges) for t in self.teachers]
         return [np.concatenate(parts, -1) for parts in zip(*per_teacher)]
@@ -137,8 +141,7 @@ class FeatureBank:
         count = 0
         for _, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, 4096,
                                             rng=np.random.default_rng(0), rows=rows,
-                                            chunks_per_block=self.chunks_per_block,
-                                            read_many=None if self.data is not None else self._read_many):
+                                            chunks_per_block=self.chunks_per_block, read_many=self._batched()):
             f = feats.reshape(-1, self.dim).astype(np.float64)
             total += f.sum(0)
             sq += (f ** 2).sum(0)
@@ -180,7 +183,7 @@ class FeatureBank:
             return
         for ids, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, batch_size, rng=rng,
                                               rows=rows, drop_last=drop_last, chunks_per_block=self.chunks_per_block,
-                                              read_many=self._read_many):
+                                              workers=min(4, self.chunks_per_block), read_many=self._batched()):
             yield ids, self._finish(feats)
 
 
