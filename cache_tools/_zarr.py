@@ -7,7 +7,6 @@ partitions never rewrite a shared metadata document.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import uuid
@@ -19,7 +18,6 @@ import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
-from zarr.core.sync import sync as zarr_sync
 
 from .errors import CacheNotFoundError, CorruptCacheError
 from .store import STR_DTYPE, ArrayMeta, Store
@@ -107,19 +105,6 @@ class ZarrStore(Store):
         except (ValueError, RuntimeError, OSError) as exc:
             raise CorruptCacheError(f"{self.path}: {node} rows {start}:{stop} do not decode ({exc})") from exc
         return out.astype(object) if out.dtype.kind == "T" else out
-
-    def read_many(self, node: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        # one round of concurrent chunk fetches instead of one blocking call per range
-        arr = self._array(node).async_array
-
-        async def gather() -> list[Any]:
-            return await asyncio.gather(*(arr.getitem(slice(a, b)) for a, b in ranges))
-        try:
-            out = zarr_sync(gather())
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise CorruptCacheError(f"{self.path}: {node} rows {ranges[0][0]}:{ranges[-1][1]} do not decode "
-                                    f"({exc})") from exc
-        return [np.asarray(o).astype(object) if o.dtype.kind == "T" else np.asarray(o) for o in out]
 
     def take(self, node: str, rows: np.ndarray) -> np.ndarray:
         # Zarr groups the rows by chunk itself and fetches the chunks concurrently.

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import provenance, storage
+from . import provenance
 from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
 from .fingerprint import array_checksum, dataset_fingerprint, fingerprint
 from .locate import open_backend
@@ -160,11 +160,6 @@ class FeatureCache:
     @property
     def backend(self) -> str:
         return self.store.backend
-
-    @property
-    def remote(self) -> bool:
-        """Behind an fsspec URL (s3://, gs://...): every read is a request, so batch them."""
-        return storage.is_remote(self.path)
 
     @property
     def rows(self) -> int:
@@ -355,11 +350,6 @@ class FeatureCache:
     def read(self, teacher: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a teacher: the fast path when aligned to chunks."""
         return self.store.read(self._features_node(teacher), start, stop)
-
-    def read_many(self, teacher: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Several row ranges of a teacher in one call, fetched concurrently where the backend can
-        (Zarr: one round of requests to object storage instead of one per range)."""
-        return self.store.read_many(self._features_node(teacher), ranges)
 
     def take(self, teacher: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows in the order given (repeats allowed), read chunk by chunk, never row by row."""

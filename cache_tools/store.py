@@ -114,10 +114,6 @@ class Store(abc.ABC):
         self._check_writable()
         self._delete_marker(key)
 
-    def read_many(self, node: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Several row ranges in one call; backends that can fetch them concurrently override this."""
-        return [self.read(node, a, b) for a, b in ranges]
-
     def take(self, node: str, rows: np.ndarray) -> np.ndarray:
         """Rows at sorted, unique indices, read one slice per touched chunk."""
         meta = self.array_meta(node)

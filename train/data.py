@@ -126,14 +126,6 @@ class FeatureBank:
             return self.data[start:stop]
         return np.concatenate([self.cache.read(t, start, stop) for t in self.teachers], -1)
 
-    def _batched(self):
-        """Streaming from object storage: one concurrent call per block of chunks (see reading.py)."""
-        return self._read_many if self.data is None and self.cache.remote else None
-
-    def _read_many(self, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        per_teacher = [self.cache.read_many(t, ranges) for t in self.teachers]
-        return [np.concatenate(parts, -1) for parts in zip(*per_teacher)]
-
     def _block_stats(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-teacher mean vector and one scale, so every block has unit mean norm on `rows`."""
         total = np.zeros(self.dim, np.float64)
@@ -141,7 +133,7 @@ class FeatureBank:
         count = 0
         for _, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, 4096,
                                             rng=np.random.default_rng(0), rows=rows,
-                                            chunks_per_block=self.chunks_per_block, read_many=self._batched()):
+                                            chunks_per_block=self.chunks_per_block):
             f = feats.reshape(-1, self.dim).astype(np.float64)
             total += f.sum(0)
             sq += (f ** 2).sum(0)
@@ -183,7 +175,7 @@ class FeatureBank:
             return
         for ids, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, batch_size, rng=rng,
                                               rows=rows, drop_last=drop_last, chunks_per_block=self.chunks_per_block,
-                                              workers=min(4, self.chunks_per_block), read_many=self._batched()):
+                                              workers=min(4, self.chunks_per_block)):
             yield ids, self._finish(feats)
 
 
