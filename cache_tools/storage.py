@@ -95,3 +95,13 @@ def add_flag(parser: argparse.ArgumentParser, default: object = None) -> None:
 def use_flags(args: argparse.Namespace) -> None:
     """Register a parsed command line's ``--storage-option`` flags."""
     set_options(parse_options(getattr(args, "storage_options", None) or []), layer="flags")
+
+
+def access_errors() -> tuple[type[BaseException], ...]:
+    """Client errors that mean a wrong credential, profile or endpoint (botocore raises them
+    outside OSError): the user's to fix, so commands print them as one line."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return ()
+    return (BotoCoreError,)

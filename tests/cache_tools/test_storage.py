@@ -65,3 +65,17 @@ def test_memory_urls_get_the_options_and_ls_walks_them(tmp_path):
     assert storage.exists(f"{base}/a.zarr") and not storage.exists(f"{base}/none.zarr")
     with pytest.raises(NotADirectoryError, match="no such bucket or prefix"):
         find_stores(f"memory://{tmp_path.name}/nothing")
+
+
+def test_missing_credentials_are_one_line(monkeypatch, capsys):
+    pytest.importorskip("s3fs")
+    from featcache.cache_tools.cli import main
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert main(["ls", "s3://no-such-bucket/caches", "--storage-option", "endpoint_url=http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err == "featcache-cache: error: Unable to locate credentials\n"
