@@ -209,8 +209,16 @@ class FeatureCache:
         """Teachers whose array and description are both written (add_teacher writes them in that order)."""
         if self._teachers is None:
             names = self.store.children("teachers") if "teachers" in self.store.children("") else []
-            self._teachers = [n for n in names if TEACHER_KEY in self.store.get_attrs(f"teachers/{n}")]
+            self._teachers = [n for n in names if self._registered(n)]
         return list(self._teachers)
+
+    def _registered(self, name: str) -> bool:
+        """Another process may be adding this teacher right now: its group is listed before its
+        description document exists. Only the description (written last, in one PUT) registers it."""
+        try:
+            return TEACHER_KEY in self.store.get_attrs(f"teachers/{name}")
+        except KeyError:
+            return False
 
     def teacher_info(self, name: str) -> dict[str, Any]:
         meta = self.store.array_meta(self._features_node(name))
@@ -473,11 +481,20 @@ def _nonfinite(values: np.ndarray) -> dict[str, int]:
     return {"nan": int(np.isnan(values).sum()), "inf": int(np.isinf(values).sum())}
 
 
-def require_complete(cache: FeatureCache) -> None:
-    """Refuse a store that is still being written (or was cut off)."""
+def require_complete(cache: FeatureCache, teachers: Sequence[str] | None = None) -> None:
+    """Refuse a store that is still being written (or was cut off).
+
+    ``teachers``: only these teachers (and the index) must be complete, so a store stays
+    usable while someone adds another teacher to it; None means every teacher.
+    """
     missing = cache.missing_partitions()
+    if teachers is not None:
+        for name in teachers:
+            cache.teacher_info(name)  # KeyError naming the teachers present
+        missing = {part: ps for part, ps in missing.items() if part == INDEX_PART or part in teachers}
     if missing:
         what = ", ".join(f"{part}: {len(ps)} of {cache.num_partitions}" for part, ps in missing.items())
+        hint = "" if teachers is not None else " (or name the complete teachers you need)"
         raise CacheError(f"{cache.path}: store is incomplete (partitions missing for {what}); "
-                         "finish the extraction first")
+                         f"finish the extraction first{hint}")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from . import storage
 from .cache import FeatureCache
 from .cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, human_bytes, run_cli
 from .convert import convert
@@ -119,8 +119,6 @@ def _ls_line(path: str) -> tuple[str, bool]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.dir):
-        raise NotADirectoryError(f"{args.dir}: not a directory")
     all_ok, found = True, 0
     for path in find_stores(args.dir):
         line, ok = _ls_line(path)
@@ -257,16 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="decoding threads")
     p.add_argument("--compressor", choices=["none", "lz4"], default="none")
     p.set_defaults(func=cmd_inputs)
-    p = sub.add_parser("ls", help="one line per store found under DIR")
+    p = sub.add_parser("ls", help="one line per store found under DIR (or s3://bucket/prefix)")
     p.add_argument("dir")
     p.set_defaults(func=cmd_ls)
+    storage.add_flag(parser)
     for action in sub.choices.values():
         add_debug_flag(action, default=argparse.SUPPRESS)
+        storage.add_flag(action, default=argparse.SUPPRESS)
     return parser
 
 
+def _handle(args: argparse.Namespace) -> int:
+    storage.use_flags(args)
+    return args.func(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(PROG, build_parser(), lambda args: args.func(args), argv)
+    return run_cli(PROG, build_parser(), _handle, argv)
 
 
 if __name__ == "__main__":

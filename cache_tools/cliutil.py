@@ -9,6 +9,7 @@ import traceback
 from typing import Callable, Sequence
 
 from .errors import CacheError, CacheNotFoundError
+from .storage import access_errors
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -27,7 +28,7 @@ def human_bytes(n: float) -> str:
 
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, (UsageError, CacheNotFoundError, FileNotFoundError, FileExistsError,
-                        IsADirectoryError, NotADirectoryError, ValueError, KeyError)):
+                        IsADirectoryError, NotADirectoryError, ValueError, KeyError, *access_errors())):
         return EXIT_USAGE
     return EXIT_DATA
 
@@ -44,7 +45,7 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, handler: Callable[[argpa
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; no error, no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (CacheError, UsageError, OSError, ValueError, KeyError) as exc:
+    except (CacheError, UsageError, OSError, ValueError, KeyError, *access_errors()) as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -126,8 +126,22 @@ def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] 
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The resolved config as plain values, saved next to every output."""
-    return json_plain(dataclasses.asdict(cfg))
+    """The resolved config as plain values, saved next to every output.
+
+    Fields marked ``metadata={"secret": True}`` (storage options: credentials) are left out.
+    """
+    return json_plain(_public(cfg))
+
+
+def _public(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _public(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.metadata.get("secret")}
+    if isinstance(value, (list, tuple)):
+        return [_public(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    return value
 
 
 def json_plain(value: Any) -> Any:

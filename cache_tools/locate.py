@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
+from . import storage
 from ._hdf5 import HDF5_SIGNATURE, HDF5Store
 from ._zarr import ZarrStore
 from .errors import CacheNotFoundError
@@ -41,7 +42,7 @@ def open_backend(path: str, *, read_only: bool = True, create: bool = False, ove
     backend = backend or detect_backend(path)
     if backend == "zarr":
         return ZarrStore(path, read_only=read_only, create=create, overwrite=overwrite,
-                         storage_options=storage_options)
+                         storage_options=storage.options_for(path, storage_options))
     if backend == "hdf5":
         if _is_url(path):
             raise ValueError(f"{path}: the HDF5 backend needs a local file; use backend='zarr' for URLs")
@@ -50,8 +51,30 @@ def open_backend(path: str, *, read_only: bool = True, create: bool = False, ove
 
 
 def find_stores(root: str) -> list[str]:
-    """Sorted paths of candidate stores under ``root``: Zarr groups and HDF5 files, not descending into stores."""
+    """Sorted paths of candidate stores under ``root``: Zarr groups and HDF5 files, not descending into stores.
+
+    A URL (``s3://bucket/prefix``) is walked through fsspec one listing per level; only Zarr
+    stores count there (HDF5 needs a local file).
+    """
+    if storage.is_remote(root):
+        fs, base = storage.filesystem(root)
+        if not fs.isdir(base):
+            raise NotADirectoryError(f"{root}: no such bucket or prefix")
+        url = str(root).rstrip("/")  # found stores spelled like the URL the user gave
+        return sorted(url + p[len(base):] for p in _walk_remote(fs, base))
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"{root}: not a directory")
     return sorted(_walk_stores(root))
+
+
+def _walk_remote(fs: Any, path: str) -> Iterator[str]:
+    entries = sorted(fs.ls(path, detail=True), key=lambda e: e["name"])
+    if any(e["name"].rstrip("/").rsplit("/", 1)[-1] == "zarr.json" for e in entries):
+        yield path
+        return
+    for entry in entries:
+        if entry["type"] == "directory":
+            yield from _walk_remote(fs, entry["name"].rstrip("/"))
 
 
 def _walk_stores(root: str) -> Iterator[str]:

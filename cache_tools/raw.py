@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from .cache import FeatureCache, require_complete
 from .errors import FingerprintMismatch
 from .fingerprint import dataset_fingerprint
 from .sources import Source, open_source
 
 
-def open_with_inputs(path: str, data_root: str = "", mode: str = "r") -> tuple[FeatureCache, Source]:
-    """A complete store and its raw inputs, refused if the inputs are not the ones it was built from."""
+def open_with_inputs(path: str, data_root: str = "", mode: str = "r",
+                     teachers: Sequence[str] | None = None) -> tuple[FeatureCache, Source]:
+    """A complete store (or complete for ``teachers``) and its raw inputs, refused if the inputs
+    are not the ones it was built from."""
     cache = FeatureCache.open(path, mode=mode)
-    require_complete(cache)
+    require_complete(cache, teachers)
     return cache, source_of(cache, data_root)
 
 

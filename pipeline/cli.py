@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from featcache.cache_tools.cliutil import EXIT_OK, add_debug_flag, human_bytes, run_cli
+from featcache.cache_tools import storage
 from featcache.cache_tools.config import load_config
 
 from .config import ExtractConfig
@@ -36,6 +37,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--index-only", action="store_true",
                        help="write the rows (ids, labels, validity) and no teacher: a test split for stage 2, "
                             "which evaluates students on raw inputs; --add-teacher can add teachers later")
+    storage.add_flag(p)
     add_debug_flag(p)
     return p
 
@@ -57,6 +59,7 @@ def select_teachers(cfg: ExtractConfig, names: str | None, index_only: bool = Fa
 
 
 def handle(command: str | None, args: argparse.Namespace) -> int:
+    storage.use_flags(args)
     if command == "finetune":
         from .finetune import FinetuneConfig, run_finetune
         run_finetune(load_config(FinetuneConfig, args.config, args.overrides))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from featcache.cache_tools.storage import storage_field
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class OutputConfig:
     dtype: Literal["float16", "float32"] = "float16"
     compressor: Literal["none", "lz4"] = "none"
     overwrite: bool = False  # replace an existing store instead of resuming it
+    # [output.storage]: fsspec options of an s3:// gs:// az:// store (endpoint_url, profile, anon, key,
+    # secret, ...); never saved anywhere. --storage-option KEY=VALUE overrides them.
+    storage: dict[str, Any] = storage_field()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch,
                                    dataset_fingerprint)
+from featcache.cache_tools import storage
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
 from featcache.cache_tools.sources import KINDS, InputError, Source, head
@@ -94,7 +95,7 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
     out = cfg.output
     fp = dataset_fingerprint(source.sample_ids, source.labels)
     names = list(VIEW_PARAMS) if cfg.views > 1 else []
-    exists = "://" in out.store or os.path.exists(out.store)
+    exists = storage.exists(out.store)  # a new s3:// prefix holds no key yet: nothing exists there
     if exists and not out.overwrite:
         try:
             cache = FeatureCache.open(out.store, mode="r+", backend=backend)
@@ -232,6 +233,7 @@ def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
 
 def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary | None:
     """The run's summary; None on the other ranks under torchrun (rank 0 reports for all)."""
+    storage.set_options(cfg.output.storage)
     dist_ = setup()
     try:
         summary = _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None))
@@ -252,7 +254,9 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: {names}; device {device}")
     cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
     done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
-    todo = [p for p in range(cache.num_partitions) if any(p not in parts for parts in done.values())]
+    # only this run's parts: another process may be adding its own teacher to the store right now
+    ours = [INDEX_PART, *(t.name for t in teachers)]
+    todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
     mine = [p for p in todo if p % dist_.world == dist_.rank]
     skipped = cache.num_partitions - len(todo)
     if skipped:

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from featcache.cache_tools.cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
+from featcache.cache_tools import storage
 from featcache.cache_tools.config import load_config
 
 from .config import TrainConfig
@@ -47,14 +48,16 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     if command == "tokt":
         p.add_argument("--compare", action="store_true", help="every [tokt] method x seed, then the table")
+    storage.add_flag(p)
     add_debug_flag(p)
     return p
 
 
 def handle(command: str | None, args: argparse.Namespace) -> int:
+    storage.use_flags(args)
     if command is None:
         from .loop import run
-        run(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)
+        run(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)  # run registers [data.storage]
         return EXIT_OK
     if command == "sweep":
         from .sweep import run_sweep
@@ -77,10 +80,13 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "probe":
         from .probe import probe_teachers
-        probe_teachers(load_config(TrainConfig, args.config, args.overrides))
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        storage.set_options(cfg.data.storage)
+        probe_teachers(cfg)
         return EXIT_OK
     from .tokt import ToktConfig, compare, run_tokt
     cfg = load_config(ToktConfig, args.config, args.overrides)
+    storage.set_options(cfg.data.storage)
     if args.compare:
         compare(cfg)
         return EXIT_OK

@@ -4,7 +4,9 @@ configs/ override it and ``--set section.key=value`` overrides those."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from featcache.cache_tools.storage import storage_field
 
 Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
 UNLABELED_METHODS = ("distill_logits", "distill_features")
@@ -43,6 +45,9 @@ class DataConfig:
     cached_inputs: Literal["auto", "require", "off"] = "auto"
     loader_workers: int = 2  # threads assembling batches ahead of the step; 0 = on the step's thread
     prefetch: int = 4  # batches ready ahead of the step (the bounded queue)
+    # [data.storage]: fsspec options of s3:// gs:// az:// stores (endpoint_url, profile, anon, ...), for
+    # store, test_store and val_store; never saved anywhere. --storage-option KEY=VALUE overrides them.
+    storage: dict[str, Any] = storage_field()
 
     def validate(self) -> list[str]:
         errors = []

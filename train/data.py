@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -283,7 +283,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     transfer set); val and test then come from their own stores (val may be empty).
     """
     rng = np.random.default_rng(cfg.split_seed)
-    cache, inputs = open_split_store(cfg.store, cfg, student)
+    cache, inputs = open_split_store(cfg.store, cfg, student, teachers=cfg.teachers or None)
     if unlabeled:
         return _unlabeled_splits(cfg, student, cache, inputs)
     train_rows = cache.labeled_rows()
@@ -306,10 +306,11 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     return splits, num_classes
 
 
-def open_split_store(path: str, cfg: DataConfig, student: StudentConfig) -> tuple[FeatureCache, Inputs]:
+def open_split_store(path: str, cfg: DataConfig, student: StudentConfig,
+                     teachers: Sequence[str] | None = None) -> tuple[FeatureCache, Inputs]:
     """A complete store and its student inputs (cached, or the raw inputs it was built from)."""
     cache = FeatureCache.open(path)
-    require_complete(cache)
+    require_complete(cache, teachers)  # with teachers named, a teacher another team is adding does not block
     return cache, open_inputs(cache, student, cfg)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from featcache.cache_tools import storage
 from featcache.cache_tools.config import load_config, to_dict
 from featcache.cache_tools.paths import resolve_path
 from featcache.cache_tools.provenance import created_by
@@ -246,6 +247,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, log: Log = print) -> dict[str
 
 def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any]:
     t_start = time.time()
+    storage.set_options(cfg.data.storage)  # before resume: a checkpoint's config never holds them
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     state = None
     if resume:

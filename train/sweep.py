@@ -25,6 +25,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from featcache.cache_tools import storage
 from featcache.cache_tools.config import ConfigError, load_config, parse_override, to_dict
 
 from .checkpoint import write_json_atomic
@@ -113,6 +114,7 @@ def config_hash(config: dict[str, Any]) -> str:
 def plan(config_path: str, overrides: Sequence[str], axes: Sequence[Axis], root: str | None = None) -> list[PlannedRun]:
     """Every distinct run of the grid, in grid order (combinations that resolve alike run once)."""
     base = load_config(TrainConfig, config_path, overrides)
+    storage.set_options(base.data.storage)  # the planned configs leave them out (they are saved)
     root = root or base.out_dir
     runs: dict[str, PlannedRun] = {}
     for combo in itertools.product(*(a.values for a in axes)):
@@ -195,7 +197,7 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
         for i, r in enumerate(todo, 1):
             report(i, r, _execute(r.config, status(r) == "resume", threads))
     else:
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        with mp.get_context("spawn").Pool(jobs, storage.install, (storage.snapshot(),)) as pool:
             pending = [(r, pool.apply_async(_execute, (r.config, status(r) == "resume", threads))) for r in todo]
             for i, (r, handle) in enumerate(pending, 1):
                 report(i, r, handle.get())
