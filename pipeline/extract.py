@@ -23,7 +23,7 @@ from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, F
                                    dataset_fingerprint)
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
-from featcache.cache_tools.sources import KINDS, InputError, Source, head
+from featcache.cache_tools.sources import KINDS, InputError, Source, clean_reason, head
 from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
 
 from .config import ExtractConfig, SourceConfig
@@ -60,11 +60,12 @@ def open_source_config(cfg: SourceConfig) -> Source:
     elif cfg.kind == "manifest":
         if not cfg.path:
             raise ValueError("source.path: a manifest source needs the manifest file")
-        kw = {"path": resolve_path(cfg.path), "root": root or None}
+        kw = {"path": resolve_path(cfg.path), "root": root or None, "encoding": cfg.encoding,
+              "max_image_pixels": cfg.max_image_pixels}
     else:
         if not root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
-        kw = {"root": root}
+        kw = {"root": root, **({"max_image_pixels": cfg.max_image_pixels} if cfg.kind == "image_folder" else {})}
     source = KINDS[cfg.kind](**kw)
     return head(source, cfg.limit) if cfg.limit else source
 
@@ -146,10 +147,14 @@ def _check_or_add_teachers(cache: FeatureCache, cfg: ExtractConfig, teachers: li
 
 # -- one partition ------------------------------------------------------------------------
 def _decode(source: Source, i: int) -> tuple[Any, str | None]:
+    """One row's input, or why not: whatever its decoder raises is about this row only, so it
+    marks the row invalid (errors that are not about one row come from writing, not from here)."""
     try:
         return source.load(i), None
     except InputError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return None, f"{source.sample_ids[i]}: {clean_reason(exc)}"
 
 
 def _view_params(cfg: ExtractConfig, row: int, raw: Any) -> np.ndarray:
