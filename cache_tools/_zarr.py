@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-import warnings
 from typing import Any
 
 import fsspec
@@ -20,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
 from .errors import CacheNotFoundError, CorruptCacheError
-from .store import STR_DTYPE, ArrayMeta, Store
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_DIR = "_partitions"
 
@@ -61,11 +60,19 @@ class ZarrStore(Store):
         opts = None if isinstance(self._fs, LocalFileSystem) else storage_options
         try:
             self._group = zarr.open_group(self.path, mode=mode, storage_options=opts)
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise CorruptCacheError(f"{self.path}: unreadable Zarr metadata ({exc})") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # zarr's ways to refuse a damaged zarr.json
+            raise CorruptCacheError(f"{self.path}: unreadable Zarr metadata ({type(exc).__name__}: {exc})") from exc
 
     def _node(self, node: str):
-        return self._group[node] if node else self._group
+        if not node:
+            return self._group
+        try:
+            return self._group[node]
+        except KeyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zarr's many ways to refuse a damaged zarr.json
+            raise CorruptCacheError(f"{self.path}: {node}: metadata does not decode "
+                                    f"({type(exc).__name__}: {exc})") from exc
 
     def get_attrs(self, node: str) -> dict[str, Any]:
         return dict(self._node(node).attrs)
@@ -75,6 +82,21 @@ class ZarrStore(Store):
             self._group.require_group(node)
         self._node(node).attrs.put(attrs)
 
+    def node_doc(self, node: str) -> dict[str, Any] | None:
+        # The zarr.json bytes as written, not zarr-python's model of them: a change that zarr
+        # would ignore or normalise away still changes the checksum.
+        path = f"{self._root}/{node}/zarr.json" if node else f"{self._root}/zarr.json"
+        try:
+            doc = json.loads(self._fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptCacheError(f"{self.path}: {node or '/'}: metadata is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise CorruptCacheError(f"{self.path}: {node or '/'}: metadata is not a JSON object")
+        doc.setdefault("attributes", {})
+        return doc
+
     def _create_array(self, node, shape, dtype, chunk_rows, compressor) -> None:
         chunks = (max(1, min(chunk_rows, shape[0] or 1)), *shape[1:]) if shape else ()
         self._group.create_array(node, shape=shape, dtype=str if dtype == STR_DTYPE else dtype,
@@ -82,14 +104,14 @@ class ZarrStore(Store):
                                  fill_value="" if dtype == STR_DTYPE else 0, overwrite=True)
 
     def array_meta(self, node: str) -> ArrayMeta:
-        arr = self._group[node]
+        arr = self._node(node)
         if not isinstance(arr, zarr.Array):
             raise KeyError(node)
         dtype = STR_DTYPE if arr.dtype.kind in ("T", "U", "O") else arr.dtype.name
         return ArrayMeta(tuple(arr.shape), dtype, int(arr.chunks[0]), _compressor_name(arr))
 
     def _array(self, node: str) -> zarr.Array:
-        return self._group[node]
+        return self._node(node)
 
     def read(self, node: str, start: int, stop: int) -> np.ndarray:
         try:
@@ -107,9 +129,15 @@ class ZarrStore(Store):
         self._array(node)[start:start + len(values)] = values
 
     def children(self, node: str) -> list[str]:
-        with warnings.catch_warnings():  # the marker folder is ours, not a Zarr node
-            warnings.filterwarnings("ignore", message=f".*{MARKER_DIR}.*not recognized")
-            return sorted(k for k in self._node(node).keys() if k != MARKER_DIR)
+        # Listed from the medium, not with zarr's members(): that parses every child's document
+        # (concurrently), so one damaged child would hide its siblings.
+        base = f"{self._root}/{node}" if node else self._root
+        if not self._fs.isdir(base):
+            raise KeyError(node)
+        prefix = len(self._fs._strip_protocol(base).rstrip("/")) + 1
+        names = [self._fs._strip_protocol(p)[prefix:] for p in self._fs.ls(base, detail=False)]
+        names = [n for n in names if n and n != MARKER_DIR and "/" not in n]
+        return sorted(n for n in names if self._fs.exists(f"{base}/{n}/zarr.json"))
 
     def _marker_path(self, key: str) -> str:
         return f"{self._root}/{MARKER_DIR}/{key}.json"
@@ -144,9 +172,10 @@ class ZarrStore(Store):
         for path, blob in blobs.items():
             key = self._fs._strip_protocol(path)[prefix:-len(".json")]
             try:
-                out[key] = json.loads(blob)
-            except json.JSONDecodeError as exc:
-                raise CorruptCacheError(f"{self.path}: marker {key} is not valid JSON") from exc
+                doc = json.loads(blob)
+            except (ValueError, UnicodeDecodeError):
+                doc = None
+            out[key] = doc if isinstance(doc, dict) else {UNREADABLE: "not a valid JSON document"}
         return out
 
     def size_on_disk(self) -> int:
