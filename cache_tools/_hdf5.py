@@ -148,7 +148,16 @@ class HDF5Store(Store):
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
         self.file[node][start:start + len(values)] = values
+        self._sync()
+
+    def _sync(self) -> None:
+        """HDF5's flush hands the bytes to the OS; fsync puts them on the disk before a marker
+        says they are there (a power cut loses the page cache)."""
         self.file.flush()
+        try:
+            os.fsync(self.file.id.get_vfd_handle())
+        except (OSError, ValueError, TypeError):  # a driver without a file descriptor
+            pass
 
     def children(self, node: str) -> list[str]:
         obj = self.file[node] if node else self.file
@@ -159,7 +168,7 @@ class HDF5Store(Store):
         if key in group:
             del group[key]
         group.create_dataset(key, data=json.dumps(doc, sort_keys=True), dtype=h5py.string_dtype())
-        self.file.flush()
+        self._sync()
 
     def _delete_marker(self, key: str) -> None:
         group = self.file.get(MARKER_GROUP)

@@ -24,6 +24,17 @@ from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 MARKER_DIR = "_partitions"
 
 
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _compressors(name: str):
     if name == "lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
@@ -126,7 +137,23 @@ class ZarrStore(Store):
         return out.astype(object) if out.dtype.kind == "T" else out
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
-        self._array(node)[start:start + len(values)] = values
+        arr = self._array(node)
+        arr[start:start + len(values)] = values
+        if isinstance(self._fs, LocalFileSystem) and len(values):
+            self._sync_chunks(node, arr, start, start + len(values))
+
+    def _sync_chunks(self, node: str, arr: zarr.Array, start: int, stop: int) -> None:
+        """fsync the chunk files of rows start:stop and their folders, so a done marker written
+        next never describes bytes still in the page cache (a power cut would lose them)."""
+        rows = int(arr.chunks[0])
+        folders = set()
+        for c in range(start // rows, (stop - 1) // rows + 1):
+            key = arr.metadata.encode_chunk_key((c, *([0] * (arr.ndim - 1))))
+            path = f"{self._root}/{node}/{key}"
+            folders.add(os.path.dirname(path))
+            _fsync(path)  # absent when the chunk is all fill value: zarr wrote no file
+        for folder in folders:
+            _fsync(folder)
 
     def children(self, node: str) -> list[str]:
         # Listed from the medium, not with zarr's members(): that parses every child's document
@@ -153,6 +180,7 @@ class ZarrStore(Store):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            _fsync(os.path.dirname(path))  # the rename itself
         else:
             self._fs.pipe_file(path, data)  # object stores publish a PUT atomically
 

@@ -233,3 +233,43 @@ def verify_path(path: str) -> VerifyReport:
         return verify(cache)
     finally:
         store.close()
+
+
+RECHECK_WINDOW_S = 60.0  # a power cut loses what the OS had not written back: Linux writes back within ~30 s
+RECHECK_MAX = 64  # per part, so a resume stays cheap however fast the last run was
+
+
+def newest_partitions(cache: FeatureCache, markers: dict[str, dict[str, Any]]) -> list[str]:
+    """Marker keys of the partitions each part marked last: those written within RECHECK_WINDOW_S
+    of its newest marker (markers without a time: the highest partition, the last one a single
+    process writes)."""
+    by_part: dict[str, list[tuple[float, int, str]]] = {}
+    for key, doc in markers.items():
+        if cache.marker_problem(key, doc) is None:
+            part, _, num = key.rpartition("/")
+            when = doc.get("written_at")
+            by_part.setdefault(part, []).append((float(when) if isinstance(when, (int, float)) else float("-inf"),
+                                                 int(num), key))
+    keys = []
+    for entries in by_part.values():
+        entries.sort(reverse=True)
+        newest = entries[0][0]
+        keys += [key for when, _, key in entries[:RECHECK_MAX]
+                 if when >= newest - RECHECK_WINDOW_S or key == entries[0][2]]
+    return sorted(keys)
+
+
+def recheck_newest(cache: FeatureCache) -> tuple[list[str], list[str]]:
+    """Re-read the partitions the last run marked last and drop the markers of those whose bytes
+    do not match (lost writes after a crash), so a resume redoes them. Returns (checked, redone
+    problems). The store must be open for writing."""
+    markers = cache.store.markers()
+    checked = newest_partitions(cache, markers)
+    problems = []
+    for key in checked:
+        part, _, num = key.rpartition("/")
+        problem, _ = partition_problem(cache, part, int(num), markers[key])
+        if problem:
+            cache.store.delete_marker(key)
+            problems.append(problem)
+    return checked, problems

@@ -23,6 +23,7 @@ from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, F
                                    dataset_fingerprint)
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
+from featcache.cache_tools.verify import recheck_newest
 from featcache.cache_tools.sources import KINDS, InputError, Source, clean_reason, head
 from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
 
@@ -78,7 +79,7 @@ def invalid_log_path(store: str) -> str:
 
 # -- the store: create, or reopen and check it is the same extraction -----------------------
 def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], add_teacher: bool,
-                  dist_: Dist) -> FeatureCache:
+                  dist_: Dist, log=print) -> FeatureCache:
     out = cfg.output
     backend = None if out.backend == "auto" else out.backend
     if dist_.world > 1 and (backend or detect_backend(out.store)) == "hdf5":
@@ -86,6 +87,7 @@ def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], a
     if dist_.is_main:
         cache = _open_or_create(cfg, source, backend)
         _check_or_add_teachers(cache, cfg, teachers, add_teacher)
+        _recheck_last_written(cache, log)
         cache.close()
     barrier()
     return FeatureCache.open(out.store, mode="r+", backend=backend)
@@ -120,6 +122,17 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
     return FeatureCache.create(out.store, sample_ids=source.sample_ids, labels=source.labels, views=cfg.views,
                                view_param_names=names, partition_rows=out.partition_rows, split=cfg.source.split,
                                source=source.describe(), backend=backend, overwrite=True)
+
+
+def _recheck_last_written(cache: FeatureCache, log) -> None:
+    """A crash (a power cut) can lose the last bytes written even though their markers are on
+    disk: re-read the partitions the last run marked last, and redo those that do not match."""
+    checked, problems = recheck_newest(cache)
+    if not checked:
+        return
+    log(f"resume: re-checked the {len(checked)} partitions the last run marked last; "
+        + (f"{len(problems)} do not match their markers and are redone: " + "; ".join(problems)
+           if problems else "all match their markers"))
 
 
 def _cut_off_creation(path: str, backend: str | None) -> bool:
@@ -253,7 +266,7 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     teachers = [build_teacher(t, device, source.modality) for t in cfg.teachers]
     log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: "
         + ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) + f"; device {device}")
-    cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
+    cache = prepare_store(cfg, source, teachers, add_teacher, dist_, log)
     done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
     todo = [p for p in range(cache.num_partitions) if any(p not in parts for parts in done.values())]
     mine = [p for p in todo if p % dist_.world == dist_.rank]
