@@ -11,11 +11,13 @@ Layout (one store = one dataset split)::
     /views/params     (N,K,P)  float32 augmentation parameters (only when P > 0)
     /teachers/<name>           attrs["featcache_teacher"]: dim, dtype, fingerprint, spec
     /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
-    done markers "<part>/<partition>" with row range, count, checksum, NaN/inf counts
+    done markers "<part>/<partition>" with row range, count, checksum, NaN/inf counts, written_at
 
 A partition is a chunk-aligned row range of ``partition_rows`` rows. Its data is
-written first, its marker last; completeness is derived from the markers only, so
-a partition cut off half-way never counts as done.
+written (and synced) first, its marker last; completeness is derived from the markers
+only, so a partition cut off half-way never counts as done. Every document (node
+attributes, array metadata, markers) carries ``doc_checksum`` (see ``Store.set_attrs``);
+a marker that fails it does not count as done either.
 """
 
 from __future__ import annotations
