@@ -15,10 +15,26 @@ import h5py
 import numpy as np
 
 from .errors import CacheNotFoundError, CorruptCacheError, CacheError
-from .store import STR_DTYPE, ArrayMeta, Store
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_GROUP = "_partitions"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+INTERNAL = "_featcache_"  # attributes of our own that describe an array: not user attributes
+
+
+def _plain(value: Any) -> Any:
+    """h5py/numpy values as JSON-plain ones, for the checksum of a node's document."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 def _filter_kwargs(compressor: str) -> dict[str, Any]:
@@ -71,7 +87,24 @@ class HDF5Store(Store):
 
     def get_attrs(self, node: str) -> dict[str, Any]:
         obj = self.file[node] if node else self.file
-        return {k: json.loads(v) for k, v in obj.attrs.items()}
+        return {k: json.loads(v) for k, v in obj.attrs.items() if not k.startswith(INTERNAL)}
+
+    def node_doc(self, node: str) -> dict[str, Any] | None:
+        if node and node not in self.file:
+            return None
+        obj = self.file[node] if node else self.file
+        try:
+            doc: dict[str, Any] = {"attributes": self.get_attrs(node)}
+            if isinstance(obj, h5py.Dataset):
+                plist = obj.id.get_create_plist()
+                doc.update(
+                    shape=list(obj.shape), dtype=str(obj.dtype), chunks=_plain(obj.chunks),
+                    filters=[_plain(plist.get_filter(i)[:3]) for i in range(plist.get_nfilters())],
+                    fillvalue=_plain(obj.fillvalue),
+                    internal={k: json.loads(v) for k, v in obj.attrs.items() if k.startswith(INTERNAL)})
+        except ValueError as exc:  # an attribute that is not JSON any more
+            raise CorruptCacheError(f"{self.path}: {node or '/'}: metadata does not decode ({exc})") from exc
+        return doc
 
     def _set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
         if not node:
@@ -80,7 +113,8 @@ class HDF5Store(Store):
             obj = self.file[node]
         else:
             obj = self.file.create_group(node)
-        obj.attrs.clear()
+        for key in [k for k in obj.attrs if not k.startswith(INTERNAL)]:
+            del obj.attrs[key]
         for key, value in attrs.items():
             obj.attrs[key] = json.dumps(value, sort_keys=True)
 
@@ -91,8 +125,8 @@ class HDF5Store(Store):
             del self.file[node]
         ds = self.file.create_dataset(node, shape=shape, dtype=h5dtype, chunks=chunks,
                                       **_filter_kwargs(compressor))
-        ds.attrs["_featcache_compressor"] = json.dumps(compressor)
-        ds.attrs["_featcache_chunk_rows"] = json.dumps(chunk_rows)
+        ds.attrs[f"{INTERNAL}compressor"] = json.dumps(compressor)
+        ds.attrs[f"{INTERNAL}chunk_rows"] = json.dumps(chunk_rows)
 
     def array_meta(self, node: str) -> ArrayMeta:
         ds = self.file[node]
@@ -114,7 +148,16 @@ class HDF5Store(Store):
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
         self.file[node][start:start + len(values)] = values
+        self._sync()
+
+    def _sync(self) -> None:
+        """HDF5's flush hands the bytes to the OS; fsync puts them on the disk before a marker
+        says they are there (a power cut loses the page cache)."""
         self.file.flush()
+        try:
+            os.fsync(self.file.id.get_vfd_handle())
+        except (OSError, ValueError, TypeError):  # a driver without a file descriptor
+            pass
 
     def children(self, node: str) -> list[str]:
         obj = self.file[node] if node else self.file
@@ -125,7 +168,7 @@ class HDF5Store(Store):
         if key in group:
             del group[key]
         group.create_dataset(key, data=json.dumps(doc, sort_keys=True), dtype=h5py.string_dtype())
-        self.file.flush()
+        self._sync()
 
     def _delete_marker(self, key: str) -> None:
         group = self.file.get(MARKER_GROUP)
@@ -141,7 +184,11 @@ class HDF5Store(Store):
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
-                out[name] = json.loads(obj[()])
+                try:
+                    doc = json.loads(obj[()])
+                except (ValueError, UnicodeDecodeError):
+                    doc = None
+                out[name] = doc if isinstance(doc, dict) else {UNREADABLE: "not a valid JSON document"}
 
         group.visititems(visit)
         return out

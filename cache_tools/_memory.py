@@ -31,6 +31,16 @@ class MemoryStore(Store):
             raise KeyError(node)
         return copy.deepcopy(self._attrs[node])
 
+    def node_doc(self, node: str) -> dict[str, Any] | None:
+        implicit = any(k.startswith(f"{node}/") for k in [*self._arrays, *self._attrs])  # a parent group
+        if node not in self._attrs and node not in self._arrays and not implicit:
+            return None
+        doc: dict[str, Any] = {"attributes": copy.deepcopy(self._attrs.get(node, {}))}
+        if node in self._arrays:
+            meta = self._arrays[node][1]
+            doc.update(shape=list(meta.shape), dtype=meta.dtype, chunk_rows=meta.chunk_rows, compressor=meta.compressor)
+        return doc
+
     def _set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
         self._attrs[node] = copy.deepcopy(attrs)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-import warnings
 from typing import Any
 
 import fsspec
@@ -20,9 +19,20 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
 from .errors import CacheNotFoundError, CorruptCacheError
-from .store import STR_DTYPE, ArrayMeta, Store
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_DIR = "_partitions"
+
+
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _compressors(name: str):
@@ -63,11 +73,19 @@ class ZarrStore(Store):
         try:
             # Never consolidated metadata: a snapshot of the hierarchy would hide teachers added later.
             self._group = zarr.open_group(self.path, mode=mode, storage_options=opts, use_consolidated=False)
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise CorruptCacheError(f"{self.path}: unreadable Zarr metadata ({exc})") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # zarr's ways to refuse a damaged zarr.json
+            raise CorruptCacheError(f"{self.path}: unreadable Zarr metadata ({type(exc).__name__}: {exc})") from exc
 
     def _node(self, node: str):
-        return self._group[node] if node else self._group
+        if not node:
+            return self._group
+        try:
+            return self._group[node]
+        except KeyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zarr's many ways to refuse a damaged zarr.json
+            raise CorruptCacheError(f"{self.path}: {node}: metadata does not decode "
+                                    f"({type(exc).__name__}: {exc})") from exc
 
     def get_attrs(self, node: str) -> dict[str, Any]:
         return dict(self._node(node).attrs)
@@ -76,6 +94,21 @@ class ZarrStore(Store):
         if node and node not in self._group:
             self._group.require_group(node)
         self._node(node).attrs.put(attrs)
+
+    def node_doc(self, node: str) -> dict[str, Any] | None:
+        # The zarr.json bytes as written, not zarr-python's model of them: a change that zarr
+        # would ignore or normalise away still changes the checksum.
+        path = f"{self._root}/{node}/zarr.json" if node else f"{self._root}/zarr.json"
+        try:
+            doc = json.loads(self._fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptCacheError(f"{self.path}: {node or '/'}: metadata is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise CorruptCacheError(f"{self.path}: {node or '/'}: metadata is not a JSON object")
+        doc.setdefault("attributes", {})
+        return doc
 
     def _create_array(self, node, shape, dtype, chunk_rows, compressor) -> None:
         self._arrays.pop(node, None)
@@ -96,7 +129,7 @@ class ZarrStore(Store):
         # chunk read on loopback S3). Arrays never change shape once created, so keep the handle.
         arr = self._arrays.get(node)
         if arr is None:
-            arr = self._arrays[node] = self._group[node]
+            arr = self._arrays[node] = self._node(node)
         return arr
 
     def read(self, node: str, start: int, stop: int) -> np.ndarray:
@@ -112,7 +145,23 @@ class ZarrStore(Store):
         return out.astype(object) if out.dtype.kind == "T" else out
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
-        self._array(node)[start:start + len(values)] = values
+        arr = self._array(node)
+        arr[start:start + len(values)] = values
+        if isinstance(self._fs, LocalFileSystem) and len(values):
+            self._sync_chunks(node, arr, start, start + len(values))
+
+    def _sync_chunks(self, node: str, arr: zarr.Array, start: int, stop: int) -> None:
+        """fsync the chunk files of rows start:stop and their folders, so a done marker written
+        next never describes bytes still in the page cache (a power cut would lose them)."""
+        rows = int(arr.chunks[0])
+        folders = set()
+        for c in range(start // rows, (stop - 1) // rows + 1):
+            key = arr.metadata.encode_chunk_key((c, *([0] * (arr.ndim - 1))))
+            path = f"{self._root}/{node}/{key}"
+            folders.add(os.path.dirname(path))
+            _fsync(path)  # absent when the chunk is all fill value: zarr wrote no file
+        for folder in folders:
+            _fsync(folder)
 
     def _forget_listings(self) -> None:
         """Other processes add teachers and markers: list again instead of trusting fsspec's cache."""
@@ -123,9 +172,15 @@ class ZarrStore(Store):
 
     def children(self, node: str) -> list[str]:
         self._forget_listings()
-        with warnings.catch_warnings():  # the marker folder is ours, not a Zarr node
-            warnings.filterwarnings("ignore", message=f".*{MARKER_DIR}.*not recognized")
-            return sorted(k for k in self._node(node).keys() if k != MARKER_DIR)
+        # Listed from the medium, not with zarr's members(): that parses every child's document
+        # (concurrently), so one damaged child would hide its siblings.
+        base = f"{self._root}/{node}" if node else self._root
+        if not self._fs.isdir(base):
+            raise KeyError(node)
+        prefix = len(self._fs._strip_protocol(base).rstrip("/")) + 1
+        names = [self._fs._strip_protocol(p)[prefix:] for p in self._fs.ls(base, detail=False)]
+        names = [n for n in names if n and n != MARKER_DIR and "/" not in n]
+        return sorted(n for n in names if self._fs.exists(f"{base}/{n}/zarr.json"))
 
     def _marker_path(self, key: str) -> str:
         return f"{self._root}/{MARKER_DIR}/{key}.json"
@@ -141,6 +196,7 @@ class ZarrStore(Store):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            _fsync(os.path.dirname(path))  # the rename itself
         else:
             self._fs.pipe_file(path, data)  # object stores publish a PUT atomically
 
@@ -163,9 +219,10 @@ class ZarrStore(Store):
         for path, blob in blobs.items():
             key = self._fs._strip_protocol(path)[prefix:-len(".json")]
             try:
-                out[key] = json.loads(blob)
-            except json.JSONDecodeError as exc:
-                raise CorruptCacheError(f"{self.path}: marker {key} is not valid JSON") from exc
+                doc = json.loads(blob)
+            except (ValueError, UnicodeDecodeError):
+                doc = None
+            out[key] = doc if isinstance(doc, dict) else {UNREADABLE: "not a valid JSON document"}
         return out
 
     def size_on_disk(self) -> int:

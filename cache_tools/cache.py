@@ -13,11 +13,13 @@ Layout (one store = one dataset split)::
     /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
     /inputs/<name>             attrs["featcache_inputs"]: fingerprint, spec, array names
     /inputs/<name>/<array>     (N, ...) a student's inputs (pixels: (N,K,H,W,C) or (N,H,W,C) uint8)
-    done markers "<part>/<partition>" (part: _index, a teacher, or inputs/<name>) with row range, count, checksum, NaN/inf counts
+    done markers "<part>/<partition>" (part: _index, a teacher, or inputs/<name>) with row range, count, checksum, NaN/inf counts, written_at
 
 A partition is a chunk-aligned row range of ``partition_rows`` rows. Its data is
-written first, its marker last; completeness is derived from the markers only, so
-a partition cut off half-way never counts as done.
+written (and synced) first, its marker last; completeness is derived from the markers
+only, so a partition cut off half-way never counts as done. Every document (node
+attributes, array metadata, markers) carries ``doc_checksum`` (see ``Store.set_attrs``);
+a marker that fails it does not count as done either.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ import json
 import math
 import os
 import re
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import provenance
 from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
-from .fingerprint import array_checksum, dataset_fingerprint, fingerprint
+from .fingerprint import (DOC_CHECKSUM_KEY, array_checksum, dataset_fingerprint, doc_checksum, fingerprint,
+                          short_pair)
 from .locate import open_backend
-from .store import STR_DTYPE, Store
+from .store import STR_DTYPE, UNREADABLE, Store
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # stores with document checksums are still 1: older readers ignore the extra keys
+DOC_CHECKSUMS = 1  # root meta "doc_checksums": every document of this store carries its checksum
 ROOT_KEY = "featcache"
 TEACHER_KEY = "featcache_teacher"
 INPUTS_KEY = "featcache_inputs"
@@ -138,8 +143,11 @@ class FeatureCache:
         names = [str(p) for p in view_param_names]
         if names:
             store.create_array("views/params", (n, views, len(names)), "float32", partition_rows)
+        for group in ("index", "views") if names else ("index",):
+            store.set_attrs(group, {})  # its document gets its checksum too
         meta = {
-            "format_version": FORMAT_VERSION, "rows": n, "views": views, "view_params": names,
+            "format_version": FORMAT_VERSION, "doc_checksums": DOC_CHECKSUMS, "rows": n, "views": views,
+            "view_params": names,
             "partition_rows": partition_rows, "dataset_fingerprint": dataset_fingerprint(ids, labels_arr),
             "split": split, "source": dict(source or {}), "created_by": provenance.created_by(),
             "created_at": provenance.utc_now(),
@@ -194,6 +202,11 @@ class FeatureCache:
         return self.meta.get("split")
 
     @property
+    def has_doc_checksums(self) -> bool:
+        """True when every document was written with its checksum (stores before that have none)."""
+        return self.meta.get("doc_checksums") == DOC_CHECKSUMS
+
+    @property
     def source(self) -> dict[str, Any]:
         return dict(self.meta.get("source") or {})
 
@@ -245,6 +258,8 @@ class FeatureCache:
         row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
         chunk_rows = chunk_rows_for(row_bytes, self.partition_rows)
         self.store.create_array(f"teachers/{name}/features", shape, dtype, chunk_rows, compressor)
+        if self.store.doc_problem("teachers") == "":
+            self.store.set_attrs("teachers", {})
         doc = {"dim": int(dim), "dtype": dtype, "fingerprint": fp, "spec": dict(spec),
                "added_at": provenance.utc_now(), "added_by": provenance.created_by()}
         self.store.set_attrs(f"teachers/{name}", {TEACHER_KEY: doc})
@@ -289,9 +304,10 @@ class FeatureCache:
             self._expect_shape(f"features[{name!r}]", values, (n, *info["shape"][1:]))
             self.store.write(f"teachers/{name}/features", start, values)
             markers[name] = {"checksum": array_checksum(values), **_nonfinite(values)}
+        written_at = round(time.time(), 3)  # which partitions a resume re-checks: the newest ones
         for part, doc in markers.items():
             self.store.put_marker(f"{part}/{p:06d}", {"part": part, "partition": p, "start": start,
-                                                      "stop": stop, "rows": n, **doc})
+                                                      "stop": stop, "rows": n, "written_at": written_at, **doc})
 
     def _expect_shape(self, what: str, values: np.ndarray, shape: tuple[int, ...]) -> None:
         if tuple(values.shape) != tuple(shape):
@@ -381,13 +397,30 @@ class FeatureCache:
         return out
 
     # -- completeness ---------------------------------------------------------------
+    def marker_problem(self, key: str, doc: dict[str, Any]) -> str | None:
+        """Why a done marker cannot be trusted (unreadable, changed since written, or not the
+        marker its key says), or None. Such a partition counts as not done, so it is redone."""
+        if UNREADABLE in doc:
+            return f"marker {key}: {doc[UNREADABLE]}"
+        recorded = doc.get(DOC_CHECKSUM_KEY)
+        if recorded is None and self.has_doc_checksums:
+            return f"marker {key}: has no checksum, unlike every marker of this store"
+        if recorded is not None and recorded != doc_checksum(doc):
+            return ("marker %s: document changed since it was written (checksum %s, now %s)"
+                    % (key, *short_pair(recorded, doc_checksum(doc))))
+        part, _, num = key.rpartition("/")
+        if not num.isdigit() or doc.get("part") != part or doc.get("partition") != int(num):
+            return (f"marker {key}: says part {doc.get('part')!r} partition {doc.get('partition')!r}, "
+                    "not what its name says")
+        return None
+
     def done_partitions(self) -> dict[str, set[int]]:
-        """For the index and each teacher, the partitions whose done marker exists."""
+        """For the index and each teacher, the partitions whose done marker exists and can be trusted."""
         done: dict[str, set[int]] = {part: set() for part in [INDEX_PART, *self.teachers]}
         for key, doc in self.store.markers().items():
-            part = key.rsplit("/", 1)[0]
-            if part in done:
-                done[part].add(int(doc["partition"]))
+            part, _, num = key.rpartition("/")
+            if part in done and self.marker_problem(key, doc) is None:
+                done[part].add(int(num))
         return done
 
     def missing_partitions(self) -> dict[str, list[int]]:

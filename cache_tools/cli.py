@@ -16,7 +16,7 @@ from .cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, human_bytes, run_cli
 from .convert import convert
 from .errors import CacheError
 from .locate import find_stores
-from .verify import verify
+from .verify import verify_path
 from .views import RESIZE_FILTERS
 
 PROG = "featcache-cache"
@@ -85,14 +85,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with FeatureCache.open(args.store) as cache:
-        report = verify(cache)
-        for part, counts in sorted(report.nonfinite.items()):
-            print(f"{part}: {counts['nan']} NaN, {counts['inf']} inf")
+    report = verify_path(args.store)
+    for part, counts in sorted(report.nonfinite.items()):
+        print(f"{part}: {counts['nan']} NaN, {counts['inf']} inf")
+    for note in report.notes:
+        print(f"NOTE {note}")
     for problem in report.problems:
         print(f"BAD {problem}")
     verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"{report.path}: {report.partitions_checked} partitions checked, {verdict}")
+    print(f"{report.path}: {report.documents_checked} documents and {report.partitions_checked} partitions "
+          f"checked, {verdict}")
     return EXIT_OK if report.ok else EXIT_DATA
 
 

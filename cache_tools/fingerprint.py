@@ -60,3 +60,24 @@ def dataset_fingerprint(sample_ids: Iterable[str], labels: np.ndarray) -> str:
 def array_checksum(values: np.ndarray) -> str:
     """Checksum of an array's bytes exactly as stored (C order, stored dtype)."""
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+DOC_CHECKSUM_KEY = "doc_checksum"
+
+
+def doc_checksum(doc: Mapping[str, Any]) -> str:
+    """Checksum of a metadata document (attributes, a done marker) as parsed JSON, leaving out its
+    own ``doc_checksum`` entry, so a document can carry the checksum of everything else in it.
+    Parsed, not raw bytes: whitespace and key order a writer chooses do not matter, any change
+    of a key or value does."""
+    body = {k: v for k, v in doc.items() if k != DOC_CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def short_pair(recorded: str, found: str) -> tuple[str, str]:
+    """Two checksums cut short for a message, but long enough to show where they differ."""
+    recorded, found = str(recorded), str(found)
+    first = next((i for i, (a, b) in enumerate(zip(recorded, found)) if a != b), min(len(recorded), len(found)))
+    n = max(12, first + 4)
+    return recorded[:n], found[:n]

@@ -15,12 +15,15 @@ BBC News corpus), and ``text_categories`` (one file per class, entries separated
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
 import os
+import re
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -62,26 +65,84 @@ class Source:
         return {"kind": self.kind, "modality": self.modality, "classes": list(self.classes), **self.params}
 
 
-def _decode_image(data: bytes, what: str):
-    from PIL import Image, UnidentifiedImageError
+_ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+_PIXEL_LOCK = threading.Lock()
+_raised = {"users": 0, "saved": None}  # decodes now running under a raised PIL limit, and PIL's own value
+
+
+def clean_reason(exc: BaseException) -> str:
+    """The decoder's message without object reprs (``<_io.BytesIO object at 0x...>``), which change
+    between runs; the exception's type when it is not one of the usual decode failures."""
+    text = _ADDRESS.sub("", str(exc)).strip() or "no message"
+    usual = isinstance(exc, (InputError, OSError, ValueError, SyntaxError)) and type(exc).__module__ == "builtins"
+    return text if usual else f"{type(exc).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _pil_limit(limit: int):
+    """Let PIL's own bomb checks (in open and, for GIF/TIFF frames, in load) accept images up to
+    ``limit`` while any decode needs it. PIL keeps one global, so it is raised only when the
+    configured limit is above it, under a lock and counted, and restored by the last decode out;
+    at the default nothing global is touched."""
+    from PIL import Image
+
+    with _PIXEL_LOCK:
+        original = _raised["saved"] if _raised["users"] else Image.MAX_IMAGE_PIXELS
+        raise_it = original is not None and limit > original
+        if raise_it:
+            if _raised["users"] == 0:
+                _raised["saved"] = Image.MAX_IMAGE_PIXELS
+            _raised["users"] += 1
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
+    try:
+        yield
+    finally:
+        if raise_it:
+            with _PIXEL_LOCK:
+                _raised["users"] -= 1
+                if _raised["users"] == 0:
+                    Image.MAX_IMAGE_PIXELS = _raised["saved"]
+
+
+def pixel_limit(max_image_pixels: int = 0) -> int:
+    """The pixel limit in force: the configured one, or PIL's (``Image.MAX_IMAGE_PIXELS``) for 0."""
+    from PIL import Image
+
+    with _PIXEL_LOCK:
+        pil = _raised["saved"] if _raised["users"] else Image.MAX_IMAGE_PIXELS
+    return int(max_image_pixels or pil or 0)
+
+
+def _decode_image(data: bytes, what: str, max_image_pixels: int = 0):
+    """An RGB image, or InputError naming ``what``: every failure of the decoder is about this one
+    file (a decompression bomb, a plugin that raises something unexpected), never a reason to stop."""
+    from PIL import Image
 
     if not data:
         raise InputError(f"{what}: empty file")
+    limit = pixel_limit(max_image_pixels)
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{what}: cannot decode image ({exc})") from exc
+        with _pil_limit(limit):
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if limit and width * height > limit:
+                raise InputError(f"{what}: {width} x {height} = {width * height} pixels is over the limit of "
+                                 f"{limit} (source.max_image_pixels); a decompression bomb?")
+            img.load()
+            return img.convert("RGB")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this row's, see the docstring
+        raise InputError(f"{what}: cannot decode image ({clean_reason(exc)})") from exc
 
 
-def _read_image_file(path: str):
+def _read_image_file(path: str, max_image_pixels: int = 0):
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
-    return _decode_image(data, path)
+        raise InputError(f"{path}: cannot read ({exc.strerror or clean_reason(exc)})") from exc
+    return _decode_image(data, path, max_image_pixels)
 
 
 def _check_text(text: Any, what: str) -> str:
@@ -90,7 +151,12 @@ def _check_text(text: Any, what: str) -> str:
     return text
 
 
-def image_folder(root: str) -> Source:
+def _image_params(max_image_pixels: int) -> dict[str, Any]:
+    """Recorded only when set, so stores made before the option keep resuming."""
+    return {"max_image_pixels": int(max_image_pixels)} if max_image_pixels else {}
+
+
+def image_folder(root: str, max_image_pixels: int = 0) -> Source:
     if not os.path.isdir(root):
         raise SourceError(f"{root}: image folder not found")
     subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -107,50 +173,112 @@ def image_folder(root: str) -> Source:
         raise SourceError(f"{root}: no images found (expected one sub-folder per class, or images)")
     ids = [e[0] for e in entries]
     return Source("image_folder", "image", ids, np.array([e[1] for e in entries], np.int64), classes,
-                  {"root": os.path.abspath(root)}, lambda i: _read_image_file(os.path.join(root, ids[i])))
+                  {"root": os.path.abspath(root), **_image_params(max_image_pixels)},
+                  lambda i: _read_image_file(os.path.join(root, ids[i]), max_image_pixels))
 
 
-def _manifest_rows(path: str) -> list[dict[str, Any]]:
+@dataclass
+class _BadRow:
+    """A manifest line that cannot be decoded: it becomes an invalid row, not a refused manifest."""
+    line: int
+    reason: str
+
+
+def _bad_text(value: Any) -> str | None:
+    """Why a decoded value is unusable text: bytes the encoding could not decode (kept as lone
+    surrogates by ``surrogateescape``), or lone surrogates from JSON escapes; None when fine."""
+    for item in (value.values() if isinstance(value, dict) else [value]):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                ch = ord(item[exc.start])
+                return f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"character U+{ch:04X}"
+    return None
+
+
+def _manifest_rows(path: str, encoding: str = "utf-8") -> list[dict[str, Any] | _BadRow]:
     if not os.path.isfile(path):
         raise SourceError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8") as fh:
-        if path.endswith((".jsonl", ".json")):
-            rows = []
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise SourceError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            return rows
-        return list(csv.DictReader(fh))
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode(encoding, errors="surrogateescape")
+    except LookupError as exc:
+        raise SourceError(f"source.encoding: unknown encoding {encoding!r}") from exc
+    where = f"is not valid {encoding} text (fix the line, or set source.encoding if the file uses another)"
+    rows: list[dict[str, Any] | _BadRow] = []
+    if path.endswith((".jsonl", ".json")):
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            bad = _bad_text(line)
+            if bad:
+                rows.append(_BadRow(n, f"{path}:{n}: {bad} {where}"))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rows.append(_BadRow(n, f"{path}:{n}: not valid JSON ({exc.msg})"))
+                continue
+            if not isinstance(row, dict) or _bad_text(row):
+                rows.append(_BadRow(n, f"{path}:{n}: " + (f"{_bad_text(row)} {where}" if isinstance(row, dict)
+                                                          else "not a JSON object")))
+                continue
+            rows.append(row)
+        return rows
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames and _bad_text(dict(enumerate(reader.fieldnames))):
+        raise SourceError(f"{path}:1: the header {where}")
+    for row in reader:
+        bad = _bad_text(row)
+        rows.append(_BadRow(reader.line_num, f"{path}:{reader.line_num}: {bad} {where}") if bad else row)
+    return rows
 
 
-def manifest(path: str, root: str | None = None) -> Source:
-    rows = _manifest_rows(path)
-    if not rows:
-        raise SourceError(f"{path}: manifest has no rows")
-    modality = "text" if "text" in rows[0] else "image"
-    if modality == "image" and "path" not in rows[0]:
-        raise SourceError(f"{path}: manifest needs a 'path' or a 'text' column")
-    base = root or os.path.dirname(os.path.abspath(path))
-    labels_raw = [r.get("label") for r in rows]
+def _manifest_labels(rows: list[dict[str, Any] | _BadRow]) -> tuple[np.ndarray, list[str]]:
+    labels_raw = [None if isinstance(r, _BadRow) else r.get("label") for r in rows]
     named = [lab for lab in labels_raw if lab not in (None, "") and not str(lab).lstrip("-").isdigit()]
     classes = sorted(set(map(str, named)))
     to_int = {c: i for i, c in enumerate(classes)}
     labels = np.array([-1 if lab in (None, "") else to_int.get(str(lab), None) if named else int(lab)
                        for lab in labels_raw], dtype=np.int64)
+    return labels, classes
+
+
+def _raise(reason: str):
+    raise InputError(reason)
+
+
+def manifest(path: str, root: str | None = None, encoding: str = "utf-8", max_image_pixels: int = 0) -> Source:
+    """CSV or JSONL rows; a line that cannot be decoded (a bad byte, broken JSON) is an invalid row
+    whose reason names the file and line, and its id is ``<manifest name>:<line>``."""
+    rows = _manifest_rows(path, encoding)
+    good = [r for r in rows if not isinstance(r, _BadRow)]
+    if not good:
+        raise SourceError(f"{path}: manifest has no rows" + (f" that decode ({rows[0].reason})" if rows else ""))
+    modality = "text" if "text" in good[0] else "image"
+    if modality == "image" and "path" not in good[0]:
+        raise SourceError(f"{path}: manifest needs a 'path' or a 'text' column")
+    base = root or os.path.dirname(os.path.abspath(path))
+    labels, classes = _manifest_labels(rows)
+    name = os.path.basename(path)
     if modality == "image":
-        ids = [str(r.get("id") or r["path"]) for r in rows]
-        paths = [r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"]) for r in rows]
-        load = lambda i: _read_image_file(paths[i])  # noqa: E731
+        ids = [f"{name}:{r.line}" if isinstance(r, _BadRow) else str(r.get("id") or r["path"]) for r in rows]
+        paths = [None if isinstance(r, _BadRow) else r["path"] if os.path.isabs(r["path"])
+                 else os.path.join(base, r["path"]) for r in rows]
+        load = lambda i: (_raise(rows[i].reason) if paths[i] is None  # noqa: E731
+                          else _read_image_file(paths[i], max_image_pixels))
     else:
-        ids = [str(r.get("id") or f"row{i:08d}") for i, r in enumerate(rows)]
-        texts = [r.get("text") for r in rows]
-        load = lambda i: _check_text(texts[i], f"{path} row {i}")  # noqa: E731
+        ids = [f"{name}:{r.line}" if isinstance(r, _BadRow) else str(r.get("id") or f"row{i:08d}")
+               for i, r in enumerate(rows)]
+        texts = [r.reason if isinstance(r, _BadRow) else r.get("text") for r in rows]
+        load = lambda i: (_raise(texts[i]) if isinstance(rows[i], _BadRow)  # noqa: E731
+                          else _check_text(texts[i], f"{path} row {i}"))
     if len(set(ids)) != len(ids):
         raise SourceError(f"{path}: sample ids are not unique (add an 'id' column)")
-    params = {"path": os.path.abspath(path), **({"root": os.path.abspath(root)} if root else {})}
+    params = {"path": os.path.abspath(path), **({"root": os.path.abspath(root)} if root else {}),
+              **({"encoding": encoding} if encoding.lower().replace("_", "-") not in ("utf-8", "utf8") else {}),
+              **_image_params(max_image_pixels)}
     return Source("manifest", modality, ids, labels, classes, params, load)
 
 

@@ -14,9 +14,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ReadOnlyError
+from .errors import CacheError, ReadOnlyError
+from .fingerprint import DOC_CHECKSUM_KEY, doc_checksum, short_pair
 
 STR_DTYPE = "str"  # variable-length UTF-8 strings (sample ids)
+UNREADABLE = "_unreadable"  # markers(): the doc of a marker whose bytes do not parse
 COMPRESSORS = ("none", "lz4")
 
 
@@ -50,6 +52,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _set_attrs(self, node: str, attrs: dict[str, Any]) -> None: ...
 
+    @abc.abstractmethod
+    def node_doc(self, node: str) -> dict[str, Any] | None:
+        """The node's whole metadata document as plain values: ``attributes`` plus, for an
+        array, everything that says how its bytes decode (shape, dtype, chunks, codecs, fill
+        value), read back from the medium as written. None if the node does not exist."""
+
     # -- arrays -------------------------------------------------------------------------
     @abc.abstractmethod
     def _create_array(self, node: str, shape: tuple[int, ...], dtype: str, chunk_rows: int,
@@ -78,7 +86,8 @@ class Store(abc.ABC):
     def _delete_marker(self, key: str) -> None: ...
 
     @abc.abstractmethod
-    def markers(self) -> dict[str, dict[str, Any]]: ...
+    def markers(self) -> dict[str, dict[str, Any]]:
+        """Every marker by key; one that does not parse is ``{UNREADABLE: why}``."""
 
     @abc.abstractmethod
     def size_on_disk(self) -> int: ...
@@ -92,23 +101,56 @@ class Store(abc.ABC):
             raise ReadOnlyError(f"{self.path}: store is open read-only; open it with mode='r+' to change it")
 
     def set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
+        """Replace a node's attributes, with ``doc_checksum``: the checksum of the node's whole
+        document (these attributes, and an array's shape, dtype, codecs...) in the same write."""
         self._check_writable()
-        self._set_attrs(node, attrs)
+        attrs = {k: v for k, v in attrs.items() if k != DOC_CHECKSUM_KEY}
+        doc = self.node_doc(node)
+        if doc is None:  # a new group: create it first, so the write below is the whole document
+            self._set_attrs(node, {})
+            doc = self.node_doc(node) or {}
+        for _ in range(2):  # a second write only if the medium re-serialised the rest differently
+            stamp = doc_checksum({**doc, "attributes": attrs})
+            self._set_attrs(node, {**attrs, DOC_CHECKSUM_KEY: stamp})
+            doc = self.node_doc(node) or {}
+            if doc_checksum({**doc, "attributes": attrs}) == stamp:
+                return
+        raise CacheError(f"{self.path}: {node or '/'}: metadata does not read back as written")
+
+    def doc_problem(self, node: str) -> str | None:
+        """Why a node's document fails its checksum; "" when it has none (written before
+        featcache kept them), None when it matches."""
+        doc = self.node_doc(node)
+        if doc is None:
+            return f"{node or '/'}: missing"
+        attrs = dict(doc.get("attributes") or {})
+        recorded = attrs.pop(DOC_CHECKSUM_KEY, None)
+        if recorded is None:
+            return ""
+        found = doc_checksum({**doc, "attributes": attrs})
+        if found == recorded:
+            return None
+        return (f"{node or '/'}: metadata document changed since it was written (checksum %s, now %s)"
+                % short_pair(recorded, found))
 
     def create_array(self, node: str, shape: tuple[int, ...], dtype: str, chunk_rows: int,
                      compressor: str = "none") -> None:
+        """A new array whose document carries its checksum (see ``set_attrs``)."""
         self._check_writable()
         if compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
         self._create_array(node, tuple(int(s) for s in shape), dtype, int(chunk_rows), compressor)
+        self.set_attrs(node, {})
 
     def write(self, node: str, start: int, values: np.ndarray) -> None:
         self._check_writable()
         self._write(node, start, values)
 
     def put_marker(self, key: str, doc: dict[str, Any]) -> None:
+        """Write a done marker carrying its own ``doc_checksum``."""
         self._check_writable()
-        self._put_marker(key, doc)
+        doc = {k: v for k, v in doc.items() if k != DOC_CHECKSUM_KEY}
+        self._put_marker(key, {**doc, DOC_CHECKSUM_KEY: doc_checksum(doc)})
 
     def delete_marker(self, key: str) -> None:
         self._check_writable()

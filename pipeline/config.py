@@ -16,6 +16,19 @@ class SourceConfig:
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
     limit: int = 0  # first N rows only (0 = all)
     download: bool = False  # fashion_mnist: fetch with torchvision when online (into root or ~/.cache)
+    encoding: str = "utf-8"  # manifest: text encoding of the CSV/JSONL file (a line that fails is an invalid row)
+    max_image_pixels: int = 0  # image_folder/manifest: larger images are invalid rows (0 = PIL's default limit)
+
+    def validate(self) -> list[str]:
+        import codecs
+        errors = []
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            errors.append(f"encoding: unknown encoding {self.encoding!r}")
+        if self.max_image_pixels < 0:
+            errors.append("max_image_pixels: must be >= 0 (0 = PIL's default)")
+        return errors
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, F
 from featcache.cache_tools import storage
 from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
-from featcache.cache_tools.sources import KINDS, InputError, Source, head
+from featcache.cache_tools.verify import recheck_newest
+from featcache.cache_tools.sources import KINDS, InputError, Source, clean_reason, head
 from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
 
 from .config import ExtractConfig, SourceConfig
@@ -61,11 +62,12 @@ def open_source_config(cfg: SourceConfig) -> Source:
     elif cfg.kind == "manifest":
         if not cfg.path:
             raise ValueError("source.path: a manifest source needs the manifest file")
-        kw = {"path": resolve_path(cfg.path), "root": root or None}
+        kw = {"path": resolve_path(cfg.path), "root": root or None, "encoding": cfg.encoding,
+              "max_image_pixels": cfg.max_image_pixels}
     else:
         if not root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
-        kw = {"root": root}
+        kw = {"root": root, **({"max_image_pixels": cfg.max_image_pixels} if cfg.kind == "image_folder" else {})}
     source = KINDS[cfg.kind](**kw)
     return head(source, cfg.limit) if cfg.limit else source
 
@@ -78,7 +80,7 @@ def invalid_log_path(store: str) -> str:
 
 # -- the store: create, or reopen and check it is the same extraction -----------------------
 def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], add_teacher: bool,
-                  dist_: Dist) -> FeatureCache:
+                  dist_: Dist, log=print) -> FeatureCache:
     out = cfg.output
     backend = None if out.backend == "auto" else out.backend
     if dist_.world > 1 and (backend or detect_backend(out.store)) == "hdf5":
@@ -86,6 +88,7 @@ def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], a
     if dist_.is_main:
         cache = _open_or_create(cfg, source, backend)
         _check_or_add_teachers(cache, cfg, teachers, add_teacher)
+        _recheck_last_written(cache, log)
         cache.close()
     barrier()
     return FeatureCache.open(out.store, mode="r+", backend=backend)
@@ -122,6 +125,17 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
                                source=source.describe(), backend=backend, overwrite=True)
 
 
+def _recheck_last_written(cache: FeatureCache, log) -> None:
+    """A crash (a power cut) can lose the last bytes written even though their markers are on
+    disk: re-read the partitions the last run marked last, and redo those that do not match."""
+    checked, problems = recheck_newest(cache)
+    if not checked:
+        return
+    log(f"resume: re-checked the {len(checked)} partitions the last run marked last; "
+        + (f"{len(problems)} do not match their markers and are redone: " + "; ".join(problems)
+           if problems else "all match their markers"))
+
+
 def _cut_off_creation(path: str, backend: str | None) -> bool:
     """True when ``path`` holds the first arrays of a featcache store but not yet its attributes."""
     from featcache.cache_tools.locate import open_backend
@@ -147,10 +161,14 @@ def _check_or_add_teachers(cache: FeatureCache, cfg: ExtractConfig, teachers: li
 
 # -- one partition ------------------------------------------------------------------------
 def _decode(source: Source, i: int) -> tuple[Any, str | None]:
+    """One row's input, or why not: whatever its decoder raises is about this row only, so it
+    marks the row invalid (errors that are not about one row come from writing, not from here)."""
     try:
         return source.load(i), None
     except InputError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return None, f"{source.sample_ids[i]}: {clean_reason(exc)}"
 
 
 def _view_params(cfg: ExtractConfig, row: int, raw: Any) -> np.ndarray:
@@ -252,7 +270,7 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     teachers = [build_teacher(t, device, source.modality) for t in cfg.teachers]
     names = ", ".join(f"{t.name} (dim {t.dim})" for t in teachers) or "none (index only)"
     log(f"source {source.kind} ({source.modality}): {len(source)} rows; teachers: {names}; device {device}")
-    cache = prepare_store(cfg, source, teachers, add_teacher, dist_)
+    cache = prepare_store(cfg, source, teachers, add_teacher, dist_, log)
     done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
     # only this run's parts: another process may be adding its own teacher to the store right now
     ours = [INDEX_PART, *(t.name for t in teachers)]

@@ -26,7 +26,7 @@ def test_two_teachers_one_decode_per_input(images, timm_ckpt, clip_files, tmp_pa
     from featcache.cache_tools import sources
     calls = []
     real = sources._read_image_file
-    monkeypatch.setattr(sources, "_read_image_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(sources, "_read_image_file", lambda p, *more: calls.append(p) or real(p, *more))
     s = extract(tmp_path / "s.zarr", {"kind": "image_folder", "root": images},
                 [timm_teacher(timm_ckpt), clip_teacher(clip_files)])
     assert s.complete and s.rows == 24 and len(calls) == 24 == len(set(calls))

@@ -1,0 +1,186 @@
+"""No damage passes `verify` silently: one-byte flips in every metadata document and in data rows."""
+
+import contextlib
+import glob
+import io
+import json
+import os
+import string
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from featcache.cache_tools import FeatureCache, verify
+from featcache.cache_tools.cache import INDEX_PART
+from featcache.cache_tools.cli import main
+
+PRINTABLE = (string.ascii_letters + string.digits + string.punctuation + " ").encode()
+
+
+@pytest.fixture
+def small_store(tmp_path, fill):
+    path = str(tmp_path / "s.zarr")
+    source = {"kind": "manifest", "modality": "image", "classes": ["cat", "dog"], "path": "/data/pets/m.csv"}
+    cache = FeatureCache.create(path, sample_ids=[f"pets/{i:03d}.png" for i in range(40)],
+                                labels=np.arange(40) % 2, views=2, view_param_names=["x0", "y0"],
+                                partition_rows=16, split="train", source=source)
+    fill(cache, teachers={"clip": 8, "vit": 4})
+    cache.close()
+    return path
+
+
+def documents(path):
+    """Every metadata document of a Zarr store: zarr.json of each group and array, and the markers."""
+    docs = sorted(glob.glob(os.path.join(path, "**", "zarr.json"), recursive=True))
+    return docs + sorted(glob.glob(os.path.join(path, "_partitions", "**", "*.json"), recursive=True))
+
+
+def run_verify(path):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["verify", path])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def flips(data: bytes, rng, count: int, semantic: bool):
+    """(position, new byte) pairs; for JSON, only flips that change what the document says
+    (a space for a tab is the same document)."""
+    found = []
+    while len(found) < count:
+        pos = int(rng.integers(len(data)))
+        new = PRINTABLE[int(rng.integers(len(PRINTABLE)))]
+        if new == data[pos]:
+            continue
+        changed = data[:pos] + bytes([new]) + data[pos + 1:]
+        if semantic:
+            try:
+                if json.loads(changed) == json.loads(data):
+                    continue
+            except ValueError:
+                pass
+        found.append((pos, new))
+    return found
+
+
+def test_every_flip_in_every_metadata_document_is_reported(small_store):
+    assert run_verify(small_store)[0] == 0
+    rng = np.random.default_rng(12)
+    docs = documents(small_store)
+    names = {os.path.relpath(d, small_store) for d in docs}
+    assert {"zarr.json", "teachers/clip/zarr.json", "index/valid/zarr.json", "index/sample_id/zarr.json",
+            "_partitions/_index/000000.json", "_partitions/clip/000002.json"} <= names
+    missed = []
+    for doc in docs:
+        original = open(doc, "rb").read()
+        for pos, new in flips(original, rng, 2, semantic=True):
+            with open(doc, "wb") as fh:
+                fh.write(original[:pos] + bytes([new]) + original[pos + 1:])
+            rc, out, err = run_verify(small_store)
+            bad = [line for line in out.splitlines() if line.startswith("BAD")]
+            if rc != 1 or len(bad) != 1 or "Traceback" in out + err or "internal error" in err:
+                missed.append(f"{os.path.relpath(doc, small_store)} byte {pos} -> {chr(new)!r}: rc {rc} {out} {err}")
+        with open(doc, "wb") as fh:
+            fh.write(original)
+    assert not missed, "\n".join(missed)
+    assert run_verify(small_store)[0] == 0
+
+
+def test_every_flip_in_data_rows_is_reported(small_store):
+    rng = np.random.default_rng(5)
+    cache = FeatureCache.open(small_store)
+    missed, tried = [], 0
+    for node in ("index/sample_id", "index/label", "index/valid", "views/params", "teachers/clip/features",
+                 "teachers/vit/features"):
+        meta = cache.store.array_meta(node)
+        for chunk in sorted(glob.glob(os.path.join(small_store, node, "c", "**", "*"), recursive=True)):
+            if os.path.isdir(chunk):
+                continue
+            first = int(os.path.relpath(chunk, os.path.join(small_store, node, "c")).split(os.sep)[0])
+            rows_in = min(meta.chunk_rows, cache.rows - first * meta.chunk_rows)
+            original = open(chunk, "rb").read()
+            size = len(original) if meta.row_bytes == 0 else rows_in * meta.row_bytes  # not the padding
+            for _ in range(2):
+                pos = int(rng.integers(size))
+                with open(chunk, "wb") as fh:
+                    fh.write(original[:pos] + bytes([original[pos] ^ int(rng.integers(1, 256))]) + original[pos + 1:])
+                rc, out, err = run_verify(small_store)
+                tried += 1
+                bad = [line for line in out.splitlines() if line.startswith("BAD")]
+                if rc != 1 or len(bad) != 1 or "Traceback" in out + err or "internal error" in err:
+                    missed.append(f"{node} {os.path.basename(chunk)} byte {pos}: rc {rc} {out} {err}")
+            with open(chunk, "wb") as fh:
+                fh.write(original)
+    cache.close()
+    assert tried >= 20 and not missed, "\n".join(missed)
+
+
+def test_verify_cli_exit_code_without_traceback(small_store):
+    exe = os.path.join(os.path.dirname(sys.executable), "featcache-cache")
+    marker = os.path.join(small_store, "_partitions", "clip", "000001.json")
+    doc = json.load(open(marker))
+    doc["nan"] = 3  # what a flip in a NaN count does
+    json.dump(doc, open(marker, "w"))
+    root = os.path.join(small_store, "zarr.json")
+    text = open(root).read()
+    open(root, "w").write(text.replace("/data/pets/m.csv", "/data/pats/m.csv"))
+    res = subprocess.run([exe, "verify", small_store], capture_output=True, text=True)
+    bad = [line for line in res.stdout.splitlines() if line.startswith("BAD")]
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr and len(bad) == 2
+    assert bad[0].startswith("BAD /: metadata document changed since it was written")
+    assert bad[1].startswith("BAD marker clip/000001: document changed since it was written")
+
+
+def test_old_store_without_checksums_reads_and_verify_says_so(small_store):
+    """Stores from before document checksums: still open, still verify by their data, with a note."""
+    for doc in documents(small_store):
+        data = json.load(open(doc))
+        if "_partitions" in doc:
+            data.pop("doc_checksum", None)
+            data.pop("written_at", None)
+        else:
+            data.get("attributes", {}).pop("doc_checksum", None)
+            data.get("attributes", {}).get("featcache", {}).pop("doc_checksums", None)
+        json.dump(data, open(doc, "w"))
+    rc, out, _ = run_verify(small_store)
+    assert rc == 0 and "NOTE" in out and "predate document checksums" in out
+    # their fields are still checked against the rows: a marker's part, rows and NaN count
+    marker = os.path.join(small_store, "_partitions", "vit", "000002.json")
+    doc = json.load(open(marker))
+    json.dump({**doc, "nan": 1}, open(marker, "w"))
+    rc, out, _ = run_verify(small_store)
+    assert rc == 1 and "BAD vit partition 2: marker records {'nan': 1, 'inf': 0}" in out
+    json.dump({**doc, "part": "clip"}, open(marker, "w"))
+    rc, out, _ = run_verify(small_store)
+    assert rc == 1 and "BAD marker vit/000002: says part 'clip'" in out
+    # and a teacher's fingerprint is recomputed from its recorded spec
+    json.dump(doc, open(marker, "w"))
+    teacher = os.path.join(small_store, "teachers", "vit", "zarr.json")
+    data = json.load(open(teacher))
+    data["attributes"]["featcache_teacher"]["spec"]["model_id"] = "vit-other"
+    json.dump(data, open(teacher, "w"))
+    rc, out, _ = run_verify(small_store)
+    assert rc == 1 and "BAD teachers/vit: fingerprint" in out and "is not the hash of its recorded spec" in out
+
+
+def test_hdf5_documents_carry_checksums(small_store, tmp_path):
+    h5 = str(tmp_path / "s.h5")
+    assert main(["convert", small_store, h5]) == 0
+    with FeatureCache.open(h5) as cache:
+        assert verify(cache).ok and cache.has_doc_checksums
+    with h5py.File(h5, "r+") as f:
+        meta = json.loads(f.attrs["featcache"])
+        meta["source"]["path"] = "/elsewhere/m.csv"
+        f.attrs["featcache"] = json.dumps(meta)
+        spec = json.loads(f["teachers/clip"].attrs["featcache_teacher"])
+        spec["dim"] = 9
+        f["teachers/clip"].attrs["featcache_teacher"] = json.dumps(spec)
+        marker = json.loads(f[f"_partitions/{INDEX_PART}/000001"][()])
+        f[f"_partitions/{INDEX_PART}/000001"][()] = json.dumps({**marker, "invalid": 0})
+    rc, out, _ = run_verify(h5)
+    bad = [line for line in out.splitlines() if line.startswith("BAD")]
+    assert rc == 1 and any(line.startswith("BAD /: metadata document changed") for line in bad)
+    assert any(line.startswith("BAD teachers/clip: metadata document changed") for line in bad)
+    assert any(line.startswith(f"BAD marker {INDEX_PART}/000001: document changed") for line in bad)
