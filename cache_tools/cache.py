@@ -351,6 +351,8 @@ class FeatureCache:
         chunk_rows = chunk_rows_for(row_bytes, self.partition_rows)  # one row count for all: partitions stay whole chunks
         for array, (shape, dtype) in plain.items():
             self.store.create_array(f"inputs/{name}/{array}", (self.rows, *shape), dtype, chunk_rows, compressor)
+        if self.store.doc_problem("inputs") == "":  # the shared group's document gets its checksum too
+            self.store.set_attrs("inputs", {})
         doc = {"fingerprint": fp, "spec": dict(spec), "arrays": sorted(plain), "added_at": provenance.utc_now(),
                "added_by": provenance.created_by()}
         self.store.set_attrs(f"inputs/{name}", {INPUTS_KEY: doc})
@@ -364,16 +366,15 @@ class FeatureCache:
             raise ValueError(f"{self.path}: inputs {name!r} are written with arrays {sorted(info['arrays'])}")
         key = f"inputs/{name}/{p:06d}"
         self.store.delete_marker(key)
-        checksums = []
+        written = {}
         for array in sorted(values):
             meta = info["arrays"][array]
             data = np.asarray(values[array]).astype(meta["dtype"], copy=False)
             self._expect_shape(f"inputs[{name!r}][{array!r}]", data, (stop - start, *meta["shape"][1:]))
             self.store.write(f"inputs/{name}/{array}", start, data)
-            checksums.append(array_checksum(data))
-        checksum = checksums[0] if len(checksums) == 1 else hashlib.sha256("".join(checksums).encode()).hexdigest()
+            written[array] = data
         self.store.put_marker(key, {"part": f"inputs/{name}", "partition": p, "start": start, "stop": stop,
-                                    "rows": stop - start, "checksum": checksum})
+                                    "rows": stop - start, "checksum": inputs_checksum(written)})
 
     def inputs_done(self, name: str) -> set[int]:
         """Partitions of an input set whose done marker exists."""
@@ -508,6 +509,12 @@ class FeatureCache:
             "inputs": {n: {**self.inputs_info(n), "partitions_done": len(self.inputs_done(n))} for n in self.inputs},
             **{k: self.meta[k] for k in ("retrieval", "subset_of") if k in self.meta},
         }
+
+
+def inputs_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """One partition of an input set: its single array's checksum, or a hash of each array's in name order."""
+    sums = [array_checksum(arrays[name]) for name in sorted(arrays)]
+    return sums[0] if len(sums) == 1 else hashlib.sha256("".join(sums).encode()).hexdigest()
 
 
 def _nonfinite(values: np.ndarray) -> dict[str, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import INDEX_PART, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite
+from .cache import INDEX_PART, INPUTS_KEY, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite, inputs_checksum
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import array_checksum, dataset_fingerprint, fingerprint, short_pair
 from .locate import open_backend
@@ -42,6 +42,9 @@ def _read_part(cache: FeatureCache, part: str, start: int, stop: int) -> tuple[s
         valid = cache.store.read("index/valid", start, stop)
         params = cache.store.read("views/params", start, stop) if cache.view_param_names else None
         return _index_checksum(valid, params), {"invalid": int((~valid.astype(bool)).sum())}
+    if part.startswith("inputs/"):
+        arrays = cache.store.get_attrs(part)[INPUTS_KEY]["arrays"]
+        return inputs_checksum({a: cache.store.read(f"{part}/{a}", start, stop) for a in arrays}), {}
     values = cache.store.read(f"teachers/{part}/features", start, stop)
     return array_checksum(values), _nonfinite(values)
 
@@ -86,14 +89,28 @@ def _part_nodes(part: str) -> set[str]:
     """The documents a part's partitions are read through."""
     if part == INDEX_PART:
         return {"", "index", "index/valid", "views", "views/params"}
+    if part.startswith("inputs/"):
+        return {"", "inputs", part, f"{part}/pixels", f"{part}/ids", f"{part}/lengths"}
     return {"", "teachers", f"teachers/{part}", f"teachers/{part}/features"}
+
+
+def _input_parts(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> list[str]:
+    """``inputs/<name>`` of each cached input set (`featcache-cache inputs`)."""
+    try:
+        names = cache.store.children("inputs") if "inputs" in cache.store.children("") else []
+        return [f"inputs/{n}" for n in names if f"inputs/{n}" in damaged
+                or INPUTS_KEY in cache.store.get_attrs(f"inputs/{n}")]
+    except Exception as exc:  # noqa: BLE001
+        report.problems.append(f"inputs: do not list ({_why(exc, cache.path)})")
+        return []
 
 
 def _check_partitions(cache: FeatureCache, teachers: list[str], markers: dict[str, dict[str, Any]],
                       damaged: set[str], report: VerifyReport) -> None:
     """Markers, then partitions; a part read through a damaged document is not read (that
     document's own line says why), so one change gives one line."""
-    parts = [INDEX_PART, *teachers]
+    inputs = _input_parts(cache, damaged, report)
+    parts = [INDEX_PART, *teachers, *inputs]
     for key, doc in sorted(markers.items()):
         part, _, num = key.rpartition("/")
         if part not in parts or not num.isdigit() or int(num) >= cache.num_partitions:
@@ -107,6 +124,8 @@ def _check_partitions(cache: FeatureCache, teachers: list[str], markers: dict[st
         for p in range(cache.num_partitions):
             report.partitions_checked += 1
             key = f"{part}/{p:06d}"
+            if key not in markers and part in inputs:
+                continue  # an input set still being written is incomplete, not damaged (noted below)
             if key not in markers:
                 report.problems.append(f"{part if part != INDEX_PART else 'index'} partition {p}: "
                                        "missing (no done marker)")
@@ -204,6 +223,11 @@ def verify(cache: FeatureCache) -> VerifyReport:
         report.problems.append(f"markers: unreadable ({_why(exc, cache.path)})")
         return report
     _check_partitions(cache, teachers, markers, damaged, report)
+    for part in _input_parts(cache, damaged, report):
+        done = sum(f"{part}/{p:06d}" in markers for p in range(cache.num_partitions))
+        if done < cache.num_partitions:
+            report.notes.append(f"{part}: {done} of {cache.num_partitions} partitions written (incomplete: "
+                                "stage 2 decodes the raw inputs instead)")
     return report
 
 

@@ -155,3 +155,23 @@ def test_text_store_needs_a_tokenizer_and_image_store_a_size(tmp_path, capsys):
     assert "ids 8x8 int32 (+ lengths)" in capsys.readouterr().out
     assert cache_cli(["inputs", jpeg_store(tmp_path)]) == 2
     assert "an image store: give the student's image size (--size)" in capsys.readouterr().err
+
+
+def test_verify_checks_cached_inputs_and_notes_an_unfinished_set(tmp_path, capsys):
+    from featcache.cache_tools import verify
+    path = jpeg_store(tmp_path, views=1)
+    with FeatureCache.open(path, mode="r+") as cache:
+        s = cache_inputs(cache, source_of(cache), 16, "bilinear")
+    with FeatureCache.open(path) as cache:
+        report = verify(cache)
+        assert report.ok and report.partitions_checked == 2 * cache.num_partitions
+    with FeatureCache.open(path, mode="r+") as cache:  # a byte of partition 1's pixels changes
+        px = cache.store.read(f"inputs/{s.name}/pixels", 16, 17)
+        cache.store.write(f"inputs/{s.name}/pixels", 16, px ^ 1)
+    assert cache_cli(["verify", path]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD inputs/{s.name} partition 1: checksum mismatch" in out
+    os.remove(os.path.join(path, "_partitions", "inputs", s.name, "000002.json"))
+    with FeatureCache.open(path) as cache:
+        report = verify(cache)
+    assert f"inputs/{s.name}: 2 of 3 partitions written (incomplete" in " ".join(report.notes)
