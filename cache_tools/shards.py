@@ -1,0 +1,191 @@
+"""Readers for sharded datasets: WebDataset tar shards and Parquet files.
+
+Both list their rows at open without reading any input's bytes, and serve one row later by a
+small targeted read (one seek + read in a tar, one row group of a Parquet file), so stage 2 can
+load a row by index without unpacking anything. Sources built on them live in ``sources.py``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import re
+import tarfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` -> a-000.tar a-001.tar a-002.tar (zero padding kept); ``{x,y}`` lists."""
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        items = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+    else:
+        items = body.split(",")
+    return [out for item in items for out in expand_braces(head + item + tail)]
+
+
+def shard_list(root: str | list[str]) -> list[str]:
+    patterns = [root] if isinstance(root, str) else list(root)
+    return [path for p in patterns for path in expand_braces(p)]
+
+
+# -- WebDataset tar shards ----------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One sample of a shard: its members by extension -> (data offset, size)."""
+    key: str
+    members: dict[str, tuple[int, int]] = field(default_factory=dict)
+    problem: str = ""
+
+
+@dataclass
+class ShardIndex:
+    path: str
+    samples: list[Sample]
+    fingerprint: str  # hash of the sorted member names and sizes: no mtime, survives a copy
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's key/extension split: the key ends at the first dot of the basename."""
+    folder, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (os.path.join(folder, stem) if folder else stem), ext.lower()
+
+
+def index_shard(path: str) -> ShardIndex:
+    """Scan the tar headers once (no member data is read). A truncated shard keeps the members
+    whose headers were read; a member whose data runs past the end of the file marks its sample."""
+    size = os.path.getsize(path)
+    samples: dict[str, Sample] = {}
+    names: list[str] = []
+    base = os.path.basename(path)
+    tail_problem = ""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.ReadError as exc:
+                    tail_problem = f"{base}: tar cut off after {len(names)} members ({exc})"
+                    break
+                if info is None:
+                    break
+                if not info.isfile():
+                    continue
+                key, ext = _split_name(info.name)
+                sample = samples.setdefault(key, Sample(key))
+                sample.members[ext] = (info.offset_data, info.size)
+                names.append(f"{info.name}:{info.size}")
+                if info.offset_data + info.size > size:
+                    sample.problem = (f"{base}: member {info.name} is truncated ({info.size} bytes at offset "
+                                      f"{info.offset_data}, the file has {size})")
+    except tarfile.ReadError as exc:
+        if not names:
+            raise ValueError(f"{path}: not a tar file ({exc})") from exc
+    if tail_problem and samples:  # the last sample may have lost members to the cut
+        last = list(samples.values())[-1]
+        last.problem = last.problem or tail_problem
+    digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+    return ShardIndex(path, list(samples.values()), digest)
+
+
+def read_member(path: str, offset: int, size: int) -> bytes:
+    """One seek + read; a short read is a truncated shard."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"{os.path.basename(path)}: member at offset {offset} truncated ({len(data)} of {size} bytes)")
+    return data
+
+
+# -- Parquet ------------------------------------------------------------------------------------
+def parquet_files(root: str) -> list[str]:
+    if os.path.isfile(root):
+        return [root]
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: Parquet file or folder not found")
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".parquet"))
+
+
+def hf_class_names(schema: Any, column: str) -> list[str]:
+    """Class names a Hugging Face dataset recorded for a ClassLabel column (schema metadata), or []."""
+    import json
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return []
+    try:
+        feature = json.loads(meta)["info"]["features"][column]
+        return list(feature.get("names") or []) if feature.get("_type") == "ClassLabel" else []
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+class ParquetRows:
+    """Row ``i`` of a list of Parquet files, read one row group at a time with a small LRU, so
+    memory stays at a few row groups whatever the size of the data set."""
+
+    def __init__(self, files: list[str], cache_groups: int = 2):
+        import pyarrow.parquet as pq
+
+        self.files = [pq.ParquetFile(f) for f in files]
+        self.paths = files
+        self.starts: list[int] = []  # first global row of each (file, group)
+        self.groups: list[tuple[int, int]] = []
+        total = 0
+        for fi, pf in enumerate(self.files):
+            for g in range(pf.metadata.num_row_groups):
+                self.starts.append(total)
+                self.groups.append((fi, g))
+                total += pf.metadata.row_group(g).num_rows
+        self.total = total
+        self.file_starts = [self.starts[self.groups.index((fi, 0))] if pf.metadata.num_row_groups else 0
+                            for fi, pf in enumerate(self.files)]
+        self._cache: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._size = cache_groups
+        self._lock = threading.Lock()
+
+    def column(self, name: str) -> list[Any]:
+        """A whole (small) column, read in record batches."""
+        out: list[Any] = []
+        for pf in self.files:
+            for batch in pf.iter_batches(batch_size=65536, columns=[name]):
+                out += batch.column(0).to_pylist()
+        return out
+
+    def _file(self, i: int) -> int:
+        return self.groups[bisect.bisect_right(self.starts, i) - 1][0]
+
+    def path_of(self, i: int) -> str:
+        return self.paths[self._file(i)]
+
+    def where(self, i: int) -> tuple[str, int]:
+        """(file name, row within that file) of global row ``i``."""
+        fi = self._file(i)
+        return os.path.basename(self.paths[fi]), i - self.file_starts[fi]
+
+    def cell(self, i: int, name: str) -> Any:
+        k = bisect.bisect_right(self.starts, i) - 1
+        with self._lock:
+            col = self._cache.get((k, name))
+            if col is None:
+                fi, g = self.groups[k]
+                col = self.files[fi].read_row_group(g, columns=[name]).column(0)
+                self._cache[(k, name)] = col
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end((k, name))
+        return col[i - self.starts[k]].as_py()

@@ -1,0 +1,137 @@
+"""WebDataset shards and Parquet files: the same images give the same features as an image folder."""
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+from featcache.cache_tools import FeatureCache  # noqa: E402
+from featcache.cache_tools.shards import expand_braces  # noqa: E402
+from featcache.cache_tools.sources import SourceError, open_source, parquet, webdataset  # noqa: E402
+
+from conftest import extract, make_images, timm_teacher  # noqa: E402
+
+
+def _folder_files(root):
+    """(class index, class name, file name, bytes) of an image folder, in the folder source's order."""
+    out = []
+    for c, name in enumerate(sorted(os.listdir(root))):
+        for f in sorted(os.listdir(os.path.join(root, name))):
+            out.append((c, name, f, open(os.path.join(root, name, f), "rb").read()))
+    return out
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_shards(images, out, per_shard=7):
+    """Tar shards in WebDataset layout: <key>.png + <key>.cls, keys interleaved across classes."""
+    os.makedirs(out, exist_ok=True)
+    files = _folder_files(images)
+    order = sorted(range(len(files)), key=lambda i: (files[i][2], files[i][0]))  # shuffle classes together
+    paths = []
+    for s in range(0, len(order), per_shard):
+        path = os.path.join(out, f"train-{s // per_shard:06d}.tar")
+        with tarfile.open(path, "w") as tar:
+            for i in order[s:s + per_shard]:
+                c, name, f, data = files[i]
+                key = f"{name}_{f.split('.')[0]}"
+                _add(tar, f"{key}.png", data)
+                _add(tar, f"{key}.cls", str(c).encode())
+        paths.append(path)
+    return paths
+
+
+def make_parquet(images, path, row_group_size=5, hf_struct=True):
+    files = _folder_files(images)
+    cells = [{"bytes": d, "path": f} for _, _, f, d in files] if hf_struct else [d for *_, d in files]
+    table = pa.table({"image": cells, "label": [n for _, n, _, _ in files],
+                      "key": [f"{n}/{f}" for _, n, f, _ in files]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return str(path)
+
+
+def _by_image(cache, ids_to_key):
+    feats = cache.load("effnet").astype(np.float32)
+    keys = [ids_to_key(s) for s in cache.sample_ids]
+    order = np.argsort(keys)
+    return [keys[i] for i in order], feats[order], cache.labels[order]
+
+
+def test_brace_expansion():
+    assert expand_braces("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"]
+    assert expand_braces("{x,y}-{8..10}") == ["x-8", "x-9", "x-10", "y-8", "y-9", "y-10"]
+
+
+def test_three_sources_give_identical_features(tmp_path, timm_ckpt):
+    images = make_images(tmp_path / "images", classes=3, per_class=6)
+    make_shards(images, tmp_path / "shards")
+    pq_path = make_parquet(images, tmp_path / "train.parquet")
+    teacher = [timm_teacher(timm_ckpt)]
+    extract(tmp_path / "f.zarr", {"kind": "image_folder", "root": images}, teacher)
+    extract(tmp_path / "w.zarr", {"kind": "webdataset", "root": str(tmp_path / "shards/train-{000000..000002}.tar")},
+            teacher)
+    extract(tmp_path / "p.zarr", {"kind": "parquet", "root": pq_path, "id_column": "key"}, teacher)
+    f, w, p = (FeatureCache.open(str(tmp_path / n)) for n in ("f.zarr", "w.zarr", "p.zarr"))
+    assert w.is_complete and p.is_complete and len(w.sample_ids) == 18
+    assert w.sample_ids[0] == "train-000000.tar/class0_000"
+    kf, ff, lf = _by_image(f, lambda s: s)
+    kw, fw, lw = _by_image(w, lambda s: s.split("/", 1)[1].replace("_", "/", 1) + ".png")
+    kp, fp, lp = _by_image(p, lambda s: s)
+    assert kf == kw == kp
+    np.testing.assert_array_equal(ff, fw)
+    np.testing.assert_array_equal(ff, fp)
+    np.testing.assert_array_equal(lf, lw)
+    np.testing.assert_array_equal(lf, lp)
+    assert p.source["classes"] == ["class0", "class1", "class2"]
+    # the recorded description reopens the same rows (stage 2's path), shards checked by fingerprint
+    src, folder = open_source(w.source), open_source(f.source)
+    assert list(src.sample_ids) == list(w.sample_ids)
+    row = list(src.sample_ids).index("train-000000.tar/class1_000")
+    assert np.array_equal(np.asarray(src.load(row)), np.asarray(folder.load(folder.sample_ids.index("class1/000.png"))))
+    with tarfile.open(tmp_path / "shards/train-000002.tar", "a") as tar:
+        _add(tar, "extra.png", b"x")
+    with pytest.raises(SourceError, match=r"shards changed since the store was built \(train-000002.tar\)"):
+        open_source(w.source)
+
+
+def test_corrupt_members_and_cells_are_invalid_rows(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=4)
+    paths = make_shards(images, tmp_path / "shards", per_shard=4)
+    with tarfile.open(paths[0], "a") as tar:
+        _add(tar, "nolabel_x.cls", b"1")  # a sample without its image
+    size = os.path.getsize(paths[1])
+    with open(paths[1], "r+b") as fh:  # cut inside the last member's data
+        fh.truncate(size - 1024 - 1536)
+    src = webdataset(str(tmp_path / "shards/train-{000000..000001}.tar"))
+    reasons = {}
+    for i in range(len(src)):
+        try:
+            src.load(i)
+        except Exception as exc:  # noqa: BLE001
+            reasons[src.sample_ids[i]] = str(exc)
+    assert "train-000000.tar/nolabel_x" in reasons and "no jpg / jpeg / png / webp member" in \
+        reasons["train-000000.tar/nolabel_x"]
+    assert any(k.startswith("train-000001.tar/") and "truncated" in v for k, v in reasons.items()), reasons
+    assert len(reasons) == 2 and len(src) == 9
+    # garbage bytes in a Parquet cell
+    table = pa.table({"image": [open(os.path.join(images, "class0/000.png"), "rb").read(), b"not an image"],
+                      "label": [0, 1]})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    src = parquet(str(tmp_path / "bad.parquet"))
+    assert src.load(0).size and src.sample_ids == ["bad.parquet:0", "bad.parquet:1"]
+    with pytest.raises(Exception, match=r"bad.parquet:1: cannot decode image"):
+        src.load(1)
+    with pytest.raises(SourceError, match="source.text_column: .* has no column 'caption'"):
+        parquet(str(tmp_path / "bad.parquet"), text_column="caption")
