@@ -574,7 +574,13 @@ def open_source(description: dict[str, Any], root: str | None = None) -> Source:
     for key in ("modality", "classes") if kind != "webdataset" else ("classes",):
         desc.pop(key, None)
     limit = desc.pop("limit", None)
-    if root:
+    if root and kind == "webdataset":  # the same shard names (patterns kept) in another folder
+        recorded = desc["root"]
+        moved = [os.path.join(root, os.path.basename(r)) for r in ([recorded] if isinstance(recorded, str) else recorded)]
+        desc["root"] = moved[0] if isinstance(recorded, str) else moved
+    elif root and kind == "parquet" and str(desc.get("root", "")).endswith(".parquet"):
+        desc["root"] = os.path.join(root, os.path.basename(desc["root"]))
+    elif root:
         desc["root"] = root
     if kind == "subset":
         return subset(desc["parent"], desc["rows"], root, bool(desc.get("keep_labels", False)))
