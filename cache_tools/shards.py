@@ -55,6 +55,7 @@ class ShardIndex:
     path: str
     samples: list[Sample]
     fingerprint: str  # hash of the sorted member names and sizes: no mtime, survives a copy
+    cut: str = ""  # why the shard's end is unreadable ("" = read to its end-of-archive block)
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -65,20 +66,21 @@ def _split_name(name: str) -> tuple[str, str]:
 
 
 def index_shard(path: str) -> ShardIndex:
-    """Scan the tar headers once (no member data is read). A truncated shard keeps the members
-    whose headers were read; a member whose data runs past the end of the file marks its sample."""
+    """Scan the tar headers once (no member data is read). A member whose data runs past the end
+    of the file marks its sample; a shard that ends without tar's end-of-archive block (cut inside
+    a header, or garbage after the last member) gets ``cut``, the reason its remaining samples are lost."""
     size = os.path.getsize(path)
     samples: dict[str, Sample] = {}
     names: list[str] = []
     base = os.path.basename(path)
-    tail_problem = ""
+    cut = ""
     try:
         with tarfile.open(path, mode="r:") as tar:
             while True:
                 try:
                     info = tar.next()
                 except tarfile.ReadError as exc:
-                    tail_problem = f"{base}: tar cut off after {len(names)} members ({exc})"
+                    cut = f"{base}: unreadable tar header after {len(names)} members ({exc})"
                     break
                 if info is None:
                     break
@@ -91,14 +93,22 @@ def index_shard(path: str) -> ShardIndex:
                 if info.offset_data + info.size > size:
                     sample.problem = (f"{base}: member {info.name} is truncated ({info.size} bytes at offset "
                                       f"{info.offset_data}, the file has {size})")
+            end = tar.offset
     except tarfile.ReadError as exc:
-        if not names:
-            raise ValueError(f"{path}: not a tar file ({exc})") from exc
-    if tail_problem and samples:  # the last sample may have lost members to the cut
-        last = list(samples.values())[-1]
-        last.problem = last.problem or tail_problem
+        raise ValueError(f"{path}: not a tar file ({exc})") from exc
+    if any(s.problem for s in samples.values()):
+        cut = ""  # the truncated member's sample already says where the shard ends
+    elif not cut and not _has_end_block(path, end):
+        cut = f"{base}: cut off after {len(names)} members (no end-of-archive block); later samples are lost"
     digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
-    return ShardIndex(path, list(samples.values()), digest)
+    return ShardIndex(path, list(samples.values()), digest, cut)
+
+
+def _has_end_block(path: str, offset: int) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(512)
+    return len(block) == 512 and not any(block)
 
 
 def read_member(path: str, offset: int, size: int) -> bytes:

@@ -403,6 +403,7 @@ def text_folder(root: str) -> Source:
 
 # -- sharded formats (readers in shards.py) -----------------------------------------------------
 WDS_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CUT_KEY = "#cut-off"  # the id key of the invalid row a cut-off shard gets
 
 
 def _named_labels(values: list[Any], names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -501,6 +502,8 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
             raise SourceError(str(exc)) from None
         found[os.path.basename(path)] = index.fingerprint
         entries += [(path, s) for s in index.samples]
+        if index.cut:  # one invalid row says where the shard stops being readable
+            entries.append((path, shards.Sample(CUT_KEY, problem=index.cut)))
     if fingerprints is not None and fingerprints != found:
         changed = sorted(k for k in set(found) | set(fingerprints) if found.get(k) != fingerprints.get(k))
         raise SourceError(f"{root}: shards changed since the store was built ({', '.join(changed[:5])}); "

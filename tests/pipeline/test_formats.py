@@ -132,6 +132,16 @@ def test_corrupt_members_and_cells_are_invalid_rows(tmp_path):
         reasons["train-000000.tar/nolabel_x"]
     assert "truncated" in reasons[f"train-000001.tar/{cut}"], reasons
     assert len(reasons) == 2 and len(src) == 9
+    # cut inside a header: the samples before it load, one invalid row says where the shard stops
+    with tarfile.open(paths[0]) as tar:
+        third = [m for m in tar.getmembers() if m.name.endswith(".png")][2]
+    with open(paths[0], "r+b") as fh:
+        fh.truncate(third.offset + 100)
+    src = webdataset(paths[0])
+    assert len(src) == 3 and src.load(1).size
+    assert src.sample_ids[2] == "train-000000.tar/#cut-off"
+    with pytest.raises(Exception, match=r"train-000000.tar: cut off after 4 members \(no end-of-archive block\)"):
+        src.load(2)
     # garbage bytes in a Parquet cell
     table = pa.table({"image": [open(os.path.join(images, "class0/000.png"), "rb").read(), b"not an image"],
                       "label": [0, 1]})
