@@ -226,3 +226,37 @@ def test_cache_inputs_on_a_parquet_store(tmp_path, timm_ckpt):
     res = subprocess.run([_exe("featcache-cache"), "inputs", s.path, "--size", "12", "--data-root",
                           str(tmp_path / "moved")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_resume_after_a_kill_mid_shard(tmp_path, timm_ckpt):
+    """SIGKILL while decoding a row in the middle of the second shard: the rerun resumes and the
+    store equals an uninterrupted run's."""
+    images = make_images(tmp_path / "images", classes=2, per_class=7)
+    make_shards(images, tmp_path / "shards", per_shard=5)
+    pattern = str(tmp_path / "shards/train-{000000..000002}.tar")
+    ref = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "ref.zarr"))
+    cfg = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "killed.zarr"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([_exe("featcache-extract"), ref], capture_output=True, env=env).returncode == 0
+    script = textwrap.dedent(f"""
+        import os, signal
+        from featcache.cache_tools import sources
+        from featcache.pipeline.cli import main
+        real, calls = sources._decode_image, []
+        def dying(data, what, *more):
+            calls.append(what)
+            if len(calls) == 10:  # rows 0-7 (two partitions) are done; row 9 is inside train-000001.tar
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(data, what, *more)
+        sources._decode_image = dying
+        main([{cfg!r}])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not FeatureCache.open(str(tmp_path / "killed.zarr")).is_complete
+    res = subprocess.run([_exe("featcache-extract"), cfg], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stdout + res.stderr
+    a, b = FeatureCache.open(str(tmp_path / "ref.zarr")), FeatureCache.open(str(tmp_path / "killed.zarr"))
+    assert b.is_complete
+    np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
