@@ -437,12 +437,15 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
         if name and name not in schema.names:
             raise SourceError(f"source.{key}: {files[0]} has no column {name!r} (columns: {', '.join(schema.names)})")
     n = rows.total
-    if label_column in schema.names:
-        labels, classes = _named_labels(rows.column(label_column), shards.hf_class_names(schema, label_column))
-    else:
-        labels, classes = np.full(n, -1, np.int64), []
-    ids = ([str(v) for v in rows.column(id_column)] if id_column
-           else ["{}:{}".format(*rows.where(i)) for i in range(n)])
+    try:
+        if label_column in schema.names:
+            labels, classes = _named_labels(rows.column(label_column), shards.hf_class_names(schema, label_column))
+        else:
+            labels, classes = np.full(n, -1, np.int64), []
+        ids = ([str(v) for v in rows.column(id_column)] if id_column
+               else ["{}:{}".format(*rows.where(i)) for i in range(n)])
+    except Exception as exc:  # noqa: BLE001 - a file without the column, a corrupt page: pyarrow's own types
+        raise SourceError(f"{root}: cannot read the id/label columns ({clean_reason(exc)})") from exc
     if len(set(ids)) != len(ids):
         raise SourceError(f"{root}: sample ids are not unique (set source.id_column to a unique column)")
 
@@ -471,12 +474,14 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
     return Source("parquet", "text" if text_column else "image", ids, labels, classes, params, load)
 
 
-def _wds_label(path: str, sample: shards.Sample, label_field: str) -> Any:
+def _wds_label(fh, sample: shards.Sample, label_field: str) -> Any:
     """The label text of ``cls`` (or ``label_field`` of the ``json`` member); None when absent."""
     ext = "json" if label_field else next((e for e in ("cls", "class", "label") if e in sample.members), "")
     if ext not in sample.members:
         return None
-    text = shards.read_member(path, *sample.members[ext]).decode("utf-8", errors="replace").strip()
+    offset, size = sample.members[ext]
+    fh.seek(offset)
+    text = fh.read(size).decode("utf-8", errors="replace").strip()
     if not label_field:
         return text
     value = json.loads(text).get(label_field)
@@ -513,10 +518,15 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
     exts = [e.lower().lstrip(".") for e in extensions] if modality == "image" else ["txt"]
     problems: dict[int, str] = {}
     raw_labels: list[Any] = []
+    fh = None
     for i, (path, sample) in enumerate(entries):
         what = f"{os.path.basename(path)}/{sample.key}"
+        if fh is None or fh.name != path:  # one open per shard for its (small) label members
+            if fh:
+                fh.close()
+            fh = open(path, "rb")  # noqa: SIM115 - closed at the next shard or after the loop
         try:
-            raw_labels.append(None if sample.problem else _wds_label(path, sample, label_field))
+            raw_labels.append(None if sample.problem else _wds_label(fh, sample, label_field))
         except (OSError, ValueError, AttributeError) as exc:
             raw_labels.append(None)
             problems[i] = f"{what}: unreadable label ({clean_reason(exc)})"
@@ -524,6 +534,8 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
             problems[i] = sample.problem
         elif not any(e in sample.members for e in exts):
             problems[i] = f"{what}: no {' / '.join(exts)} member in the sample"
+    if fh:
+        fh.close()
     labels, classes = _named_labels(raw_labels)
     ids = [f"{os.path.basename(p)}/{s.key}" for p, s in entries]
     if len(set(ids)) != len(ids):
