@@ -260,3 +260,26 @@ def test_resume_after_a_kill_mid_shard(tmp_path, timm_ckpt):
     a, b = FeatureCache.open(str(tmp_path / "ref.zarr")), FeatureCache.open(str(tmp_path / "killed.zarr"))
     assert b.is_complete
     np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
+
+
+def test_hf_class_names_text_sources_and_one_line_errors(tmp_path):
+    import json
+    meta = {"info": {"features": {"label": {"names": ["cat", "dog"], "_type": "ClassLabel"}}}}
+    table = pa.table({"text": ["a cat", "a dog", " "], "label": [0, 1, 1]})
+    table = table.replace_schema_metadata({"huggingface": json.dumps(meta)})
+    pq.write_table(table, tmp_path / "t.parquet")
+    src = parquet(str(tmp_path / "t.parquet"), text_column="text")
+    assert (src.modality, src.classes, src.labels.tolist(), src.load(1)) == ("text", ["cat", "dog"], [0, 1, 1], "a dog")
+    with pytest.raises(Exception, match="t.parquet:2: empty text"):
+        src.load(2)
+    # webdataset text with labels from a JSON field (class names, sorted)
+    with tarfile.open(tmp_path / "x-0.tar", "w") as tar:
+        for k, (text, y) in enumerate([("hello", "zebra"), ("bye", "ant")]):
+            _add(tar, f"s{k}.txt", text.encode())
+            _add(tar, f"s{k}.json", json.dumps({"y": y}).encode())
+    src = webdataset(str(tmp_path / "x-{0..0}.tar"), label_field="y", modality="text")
+    assert (src.classes, src.labels.tolist(), src.load(0)) == (["ant", "zebra"], [1, 0], "hello")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[source]\nkind = "webdataset"\nroot = "{tmp_path}/x-{{0..1}}.tar"\n')
+    res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 2 and "x-1.tar: shard not found" in res.stderr and res.stderr.count("\n") == 1
