@@ -123,11 +123,46 @@ def read_member(path: str, offset: int, size: int) -> bytes:
 
 # -- Parquet ------------------------------------------------------------------------------------
 def parquet_files(root: str) -> list[str]:
+    """A file, a glob (``data/train-*.parquet``), or a folder of .parquet files (or of the .arrow
+    files of a Hugging Face ``save_to_disk``), read recursively; always in sorted order."""
+    import glob
+
+    if any(c in root for c in "*?["):
+        return sorted(glob.glob(root, recursive=True))
     if os.path.isfile(root):
         return [root]
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: Parquet file or folder not found")
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".parquet"))
+    found = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+    parquet = [f for f in found if f.endswith(".parquet")]
+    return parquet or [f for f in found if f.endswith(".arrow")]
+
+
+class _ArrowStream:
+    """A Hugging Face ``save_to_disk`` .arrow file (Arrow IPC), memory-mapped, with the small part
+    of ``pyarrow.parquet.ParquetFile``'s interface used here: its record batches are the row groups."""
+
+    def __init__(self, path: str):
+        import pyarrow as pa
+
+        source = pa.memory_map(path)
+        try:
+            table = pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_file(source).read_all()
+        self.batches = table.to_batches()
+        self.schema_arrow = table.schema
+        self.metadata = self
+        self.num_row_groups = len(self.batches)
+
+    def row_group(self, g: int) -> Any:
+        return self.batches[g]
+
+    def iter_batches(self, batch_size: int, columns: list[str]) -> Any:
+        return (b.select(columns) for b in self.batches)
+
+    def read_row_group(self, g: int, columns: list[str]) -> Any:
+        return self.batches[g].select(columns)
 
 
 def hf_class_names(schema: Any, column: str) -> list[str]:
@@ -150,7 +185,7 @@ class ParquetRows:
     def __init__(self, files: list[str], cache_groups: int = 2):
         import pyarrow.parquet as pq
 
-        self.files = [pq.ParquetFile(f) for f in files]
+        self.files = [_ArrowStream(f) if f.endswith(".arrow") else pq.ParquetFile(f) for f in files]
         self.paths = files
         self.starts: list[int] = []  # first global row of each (file, group)
         self.groups: list[tuple[int, int]] = []

@@ -13,7 +13,8 @@ class SourceConfig:
     kind: Literal["fashion_mnist", "image_folder", "manifest", "text_folder", "text_categories", "parquet",
                   "webdataset"] = "fashion_mnist"
     root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package;
-    # parquet: a .parquet file or a folder of them; webdataset: tar shards, a brace pattern (a-{000..009}.tar)
+    # parquet: a .parquet file, a glob, a folder of them (or of save_to_disk .arrow files);
+    # webdataset: tar shards, a brace pattern (a-{000..009}.tar)
     shards: tuple[str, ...] = ()  # webdataset: a list of shards or patterns instead of root
     path: str = ""  # manifest file (kind = "manifest")
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind

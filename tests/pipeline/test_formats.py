@@ -283,3 +283,28 @@ def test_hf_class_names_text_sources_and_one_line_errors(tmp_path):
     cfg.write_text(f'[source]\nkind = "webdataset"\nroot = "{tmp_path}/x-{{0..1}}.tar"\n')
     res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "x-1.tar: shard not found" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_save_to_disk_arrow_folder_and_a_glob_of_parquet_files(tmp_path):
+    """A Hugging Face save_to_disk split (Arrow IPC stream, batches as row groups) and a glob that
+    picks one split's Parquet files out of a folder holding several."""
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    folder = open_source({"kind": "image_folder", "root": images})
+    files = _folder_files(images)
+    table = pa.table({"image": [{"bytes": d, "path": f} for *_, f, d in files], "label": [c for c, *_ in files]})
+    os.makedirs(tmp_path / "ds" / "train")
+    with pa.OSFile(str(tmp_path / "ds/train/data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=4):
+                writer.write_batch(batch)
+    src = parquet(str(tmp_path / "ds/train"))
+    assert len(src) == 6 and src.labels.tolist() == folder.labels.tolist()
+    for i in (0, 4, 5):
+        assert np.array_equal(np.asarray(src.load(i)), np.asarray(folder.load(i)))
+    os.makedirs(tmp_path / "hub" / "data")
+    pq.write_table(table.slice(0, 4), tmp_path / "hub/data/train-00000-of-00002.parquet")
+    pq.write_table(table.slice(4), tmp_path / "hub/data/train-00001-of-00002.parquet")
+    pq.write_table(table.slice(0, 1), tmp_path / "hub/data/test-00000-of-00001.parquet")
+    src = parquet(str(tmp_path / "hub/data/train-*.parquet"))
+    assert src.sample_ids[4] == "train-00001-of-00002.parquet:0" and len(src) == 6
+    assert np.array_equal(np.asarray(src.load(4)), np.asarray(folder.load(4)))
