@@ -6,6 +6,8 @@
 the teacher, keep the features in memory; (b) the full featcache-extract path into a
 Zarr store (partitions, checksums, markers). Goal (issue 3): (b)/(a) <= 1.10.
 Then two teachers in one pass against two single-teacher runs (goal < 1.0).
+Then the same PNGs as WebDataset tar shards and as a Parquet file (issue 15): featcache-extract
+rows/s from each against the image folder, same teacher, in the same run (goal: >= 0.9x).
 Inputs are real Fashion-MNIST images written as PNG files (an image folder), so
 decoding costs what it costs on real data. Saves JSON under benchmarks/results/.
 """
@@ -54,8 +56,33 @@ def hand_loop(root: str, teacher_cfgs: list[dict]) -> float:
     return time.perf_counter() - t0
 
 
-def full_path(root: str, teacher_cfgs: list[dict], store: str) -> float:
-    cfg = load_config(ExtractConfig, data={"source": {"kind": "image_folder", "root": root}, "teachers": teacher_cfgs,
+def write_shards(root: str, out: str, per_shard: int = 500) -> str:
+    """The image folder as WebDataset shards (<key>.png + <key>.cls) and as one Parquet file."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = image_folder(root)
+    os.makedirs(out)
+    blobs = [open(os.path.join(root, sid), "rb").read() for sid in src.sample_ids]
+    for s in range(0, len(blobs), per_shard):
+        with tarfile.open(os.path.join(out, f"train-{s // per_shard:06d}.tar"), "w") as tar:
+            for i in range(s, min(s + per_shard, len(blobs))):
+                for name, data in ((f"{i:06d}.png", blobs[i]), (f"{i:06d}.cls", str(src.labels[i]).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    table = pa.table({"image": blobs, "label": src.labels.tolist()})
+    pq.write_table(table, os.path.join(out, "train.parquet"), row_group_size=1000)
+    last = (len(blobs) - 1) // per_shard
+    return os.path.join(out, f"train-{{000000..{last:06d}}}.tar")
+
+
+def full_path(root: str, teacher_cfgs: list[dict], store: str, source: dict | None = None) -> float:
+    source = source or {"kind": "image_folder", "root": root}
+    cfg = load_config(ExtractConfig, data={"source": source, "teachers": teacher_cfgs,
                                            "batch_size": BATCH, "output": {"store": store, "overwrite": True,
                                                                            "partition_rows": 512}})
     s = run_extract(cfg, log=lambda _m: None)
@@ -77,17 +104,27 @@ def main() -> None:
         sep = sum(min(full_path(root, [t], os.path.join(tmp, f"{t['name']}.zarr")) for _ in range(2))
                   for t in (EFFNET, SECOND))
         both = min(full_path(root, [EFFNET, SECOND], os.path.join(tmp, "both.zarr")) for _ in range(2))
+        pattern = write_shards(root, os.path.join(tmp, "shards"))
+        wds = min(full_path(root, [EFFNET], os.path.join(tmp, "wds.zarr"), {"kind": "webdataset", "root": pattern})
+                  for _ in range(2))
+        pqt = min(full_path(root, [EFFNET], os.path.join(tmp, "pq.zarr"),
+                            {"kind": "parquet", "root": os.path.join(tmp, "shards", "train.parquet")})
+                  for _ in range(2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {"rows": args.rows, "batch": BATCH, "threads": torch.get_num_threads(), "featcache": created_by(),
            "at": utc_now(), "hand_loop_s": a, "featcache_extract_s": b, "extract_over_hand": b / a,
            "rows_per_s": {"effnet_lite0@112": args.rows / b}, "two_separate_s": sep, "two_in_one_pass_s": both,
-           "one_pass_over_separate": both / sep}
+           "one_pass_over_separate": both / sep, "webdataset_s": wds, "parquet_s": pqt,
+           "webdataset_rows_per_s_over_folder": b / wds, "parquet_rows_per_s_over_folder": b / pqt}
     res["goals"] = {"extract_over_hand<=1.10": res["extract_over_hand"] <= 1.10,
-                    "one_pass_over_separate<1.0": res["one_pass_over_separate"] < 1.0}
+                    "one_pass_over_separate<1.0": res["one_pass_over_separate"] < 1.0,
+                    "webdataset_over_folder>=0.9": b / wds >= 0.9, "parquet_over_folder>=0.9": b / pqt >= 0.9}
     print(f"hand loop            {a:7.2f} s  ({args.rows / a:,.0f} rows/s)")
     print(f"featcache-extract    {b:7.2f} s  ({args.rows / b:,.0f} rows/s)   ratio {b / a:.3f}x (goal <= 1.10)")
     print(f"two teachers: separate {sep:7.2f} s, one pass {both:7.2f} s   ratio {both / sep:.3f}x (goal < 1.0)")
+    print(f"webdataset shards    {wds:7.2f} s  ({args.rows / wds:,.0f} rows/s)   {b / wds:.3f}x the folder's rows/s")
+    print(f"parquet              {pqt:7.2f} s  ({args.rows / pqt:,.0f} rows/s)   {b / pqt:.3f}x the folder's rows/s")
     save(args.out, res)
 
 

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import shards
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 FASHION_MNIST_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist",
                       "/usr/share/datasets/fashion-mnist")
@@ -399,6 +401,166 @@ def text_folder(root: str) -> Source:
                   lambda i: _read_document(os.path.join(root, ids[i])))
 
 
+# -- sharded formats (readers in shards.py) -----------------------------------------------------
+WDS_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CUT_KEY = "#cut-off"  # the id key of the invalid row a cut-off shard gets
+
+
+def _named_labels(values: list[Any], names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Ints stay ints (with ``names`` as classes when known); strings become indices into their sorted set."""
+    strings = [v for v in values if isinstance(v, str) and not v.lstrip("-").isdigit()]
+    if strings:
+        classes = sorted(set(strings))
+        to_int = {c: i for i, c in enumerate(classes)}
+        return np.array([to_int.get(v, -1) if isinstance(v, str) else -1 for v in values], np.int64), classes
+    return np.array([-1 if v in (None, "") else int(v) for v in values], np.int64), list(names or [])
+
+
+def parquet(root: str, image_column: str = "image", path_column: str = "", text_column: str = "",
+            label_column: str = "label", id_column: str = "", max_image_pixels: int = 0) -> Source:
+    """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export.
+    Only the id and label columns are read at open; ``load(i)`` reads the row group holding row i."""
+    try:
+        files = shards.parquet_files(root)
+    except FileNotFoundError as exc:
+        raise SourceError(str(exc)) from None
+    if not files:
+        raise SourceError(f"{root}: no .parquet files found")
+    try:
+        rows = shards.ParquetRows(files)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for an unreadable file
+        raise SourceError(f"{root}: cannot read Parquet ({clean_reason(exc)})") from exc
+    schema = rows.files[0].schema_arrow
+    column = text_column or path_column or image_column
+    for key, name in (("text_column" if text_column else "path_column" if path_column else "image_column", column),
+                      ("id_column", id_column), ("label_column", label_column if label_column != "label" else "")):
+        if name and name not in schema.names:
+            raise SourceError(f"source.{key}: {files[0]} has no column {name!r} (columns: {', '.join(schema.names)})")
+    n = rows.total
+    try:
+        if label_column in schema.names:
+            labels, classes = _named_labels(rows.column(label_column), shards.hf_class_names(schema, label_column))
+        else:
+            labels, classes = np.full(n, -1, np.int64), []
+        ids = ([str(v) for v in rows.column(id_column)] if id_column
+               else ["{}:{}".format(*rows.where(i)) for i in range(n)])
+    except Exception as exc:  # noqa: BLE001 - a file without the column, a corrupt page: pyarrow's own types
+        raise SourceError(f"{root}: cannot read the id/label columns ({clean_reason(exc)})") from exc
+    if len(set(ids)) != len(ids):
+        raise SourceError(f"{root}: sample ids are not unique (set source.id_column to a unique column)")
+
+    def load(i: int):
+        what = "{}:{}".format(*rows.where(i))
+        try:
+            value = rows.cell(i, column)
+        except Exception as exc:  # noqa: BLE001 - a corrupt page is this row's problem
+            raise InputError(f"{what}: cannot read column {column!r} ({clean_reason(exc)})") from exc
+        if text_column:
+            return _check_text(value, what)
+        if path_column:
+            if not isinstance(value, str) or not value:
+                raise InputError(f"{what}: empty path")
+            base = os.path.dirname(rows.path_of(i))
+            return _read_image_file(value if os.path.isabs(value) else os.path.join(base, value), max_image_pixels)
+        if isinstance(value, dict):  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
+            value = value.get("bytes")
+        if not isinstance(value, (bytes, bytearray)):
+            raise InputError(f"{what}: no image bytes in column {column!r}")
+        return _decode_image(bytes(value), what, max_image_pixels)
+
+    params = {"root": os.path.abspath(root), "image_column": image_column, "path_column": path_column,
+              "text_column": text_column, "label_column": label_column, "id_column": id_column,
+              **_image_params(max_image_pixels)}
+    return Source("parquet", "text" if text_column else "image", ids, labels, classes, params, load)
+
+
+def _wds_label(fh, sample: shards.Sample, label_field: str) -> Any:
+    """The label text of ``cls`` (or ``label_field`` of the ``json`` member); None when absent."""
+    ext = "json" if label_field else next((e for e in ("cls", "class", "label") if e in sample.members), "")
+    if ext not in sample.members:
+        return None
+    offset, size = sample.members[ext]
+    fh.seek(offset)
+    text = fh.read(size).decode("utf-8", errors="replace").strip()
+    if not label_field:
+        return text
+    value = json.loads(text).get(label_field)
+    return value if isinstance(value, str) else None if value is None else int(value)
+
+
+def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = WDS_EXTENSIONS,
+               label_field: str = "", modality: str = "image", fingerprints: dict[str, str] | None = None,
+               max_image_pixels: int = 0) -> Source:
+    """WebDataset tar shards (a list, or a brace pattern ``train-{000..009}.tar``). Each shard's
+    headers are scanned once at open into byte offsets, so ``load(i)`` is one seek + read; the
+    shards' fingerprints (member names + sizes) are recorded and checked when a store reopens it."""
+    root = os.path.abspath(root) if isinstance(root, str) else [os.path.abspath(r) for r in root]
+    paths = shards.shard_list(root)
+    found: dict[str, str] = {}
+    entries: list[tuple[str, shards.Sample]] = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SourceError(f"{path}: shard not found")
+        try:
+            index = shards.index_shard(path)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        found[os.path.basename(path)] = index.fingerprint
+        entries += [(path, s) for s in index.samples]
+        if index.cut:  # one invalid row says where the shard stops being readable
+            entries.append((path, shards.Sample(CUT_KEY, problem=index.cut)))
+    if fingerprints is not None and fingerprints != found:
+        changed = sorted(k for k in set(found) | set(fingerprints) if found.get(k) != fingerprints.get(k))
+        raise SourceError(f"{root}: shards changed since the store was built ({', '.join(changed[:5])}); "
+                          "re-extract, or cache the student inputs in the store while the shards match")
+    if not entries:
+        raise SourceError(f"{root}: no samples in {len(paths)} shards")
+    exts = [e.lower().lstrip(".") for e in extensions] if modality == "image" else ["txt"]
+    problems: dict[int, str] = {}
+    raw_labels: list[Any] = []
+    fh = None
+    for i, (path, sample) in enumerate(entries):
+        what = f"{os.path.basename(path)}/{sample.key}"
+        if fh is None or fh.name != path:  # one open per shard for its (small) label members
+            if fh:
+                fh.close()
+            fh = open(path, "rb")  # noqa: SIM115 - closed at the next shard or after the loop
+        try:
+            raw_labels.append(None if sample.problem else _wds_label(fh, sample, label_field))
+        except (OSError, ValueError, AttributeError) as exc:
+            raw_labels.append(None)
+            problems[i] = f"{what}: unreadable label ({clean_reason(exc)})"
+        if sample.problem:
+            problems[i] = sample.problem
+        elif not any(e in sample.members for e in exts):
+            problems[i] = f"{what}: no {' / '.join(exts)} member in the sample"
+    if fh:
+        fh.close()
+    labels, classes = _named_labels(raw_labels)
+    ids = [f"{os.path.basename(p)}/{s.key}" for p, s in entries]
+    if len(set(ids)) != len(ids):
+        raise SourceError(f"{root}: sample ids are not unique (two shards with the same name?)")
+
+    def load(i: int):
+        if i in problems:
+            raise InputError(problems[i])
+        path, sample = entries[i]
+        ext = next(e for e in exts if e in sample.members)
+        what = f"{os.path.basename(path)}/{sample.key}.{ext}"
+        try:
+            data = shards.read_member(path, *sample.members[ext])
+        except OSError as exc:
+            raise InputError(f"{what}: {clean_reason(exc)}") from exc
+        if modality == "text":
+            return _check_text(data.decode("utf-8", errors="replace").strip(), what)
+        return _decode_image(data, what, max_image_pixels)
+
+    params = {"root": root if isinstance(root, str) else list(root), "extensions": list(extensions),
+              "label_field": label_field, "modality": modality, "fingerprints": found,
+              **_image_params(max_image_pixels)}
+    return Source("webdataset", modality, ids, labels, classes, params, load)
+
+
 def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, keep_labels: bool = False) -> Source:
     """Some rows of another source: a labeled subset, or (labels hidden) a transfer set from a pool."""
     base = open_source(parent, root)
@@ -414,6 +576,7 @@ def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, kee
 KINDS: dict[str, Callable[..., Source]] = {
     "image_folder": image_folder, "manifest": manifest, "fashion_mnist": fashion_mnist,
     "text_folder": text_folder, "text_categories": text_categories, "subset": subset,
+    "parquet": parquet, "webdataset": webdataset,
 }
 
 
@@ -423,10 +586,16 @@ def open_source(description: dict[str, Any], root: str | None = None) -> Source:
     kind = desc.pop("kind", None)
     if kind not in KINDS:
         raise SourceError(f"unknown source kind {kind!r} (known: {', '.join(KINDS)})")
-    for key in ("modality", "classes"):
+    for key in ("modality", "classes") if kind != "webdataset" else ("classes",):
         desc.pop(key, None)
     limit = desc.pop("limit", None)
-    if root:
+    if root and kind == "webdataset":  # the same shard names (patterns kept) in another folder
+        recorded = desc["root"]
+        moved = [os.path.join(root, os.path.basename(r)) for r in ([recorded] if isinstance(recorded, str) else recorded)]
+        desc["root"] = moved[0] if isinstance(recorded, str) else moved
+    elif root and kind == "parquet" and str(desc.get("root", "")).endswith(".parquet"):
+        desc["root"] = os.path.join(root, os.path.basename(desc["root"]))
+    elif root:
         desc["root"] = root
     if kind == "subset":
         return subset(desc["parent"], desc["rows"], root, bool(desc.get("keep_labels", False)))

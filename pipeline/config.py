@@ -10,14 +10,26 @@ from featcache.cache_tools.storage import storage_field
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_folder", "text_categories"] = "fashion_mnist"
-    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package
+    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_folder", "text_categories", "parquet",
+                  "webdataset"] = "fashion_mnist"
+    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package;
+    # parquet: a .parquet file, a glob, a folder of them (or of save_to_disk .arrow files);
+    # webdataset: tar shards, a brace pattern (a-{000..009}.tar)
+    shards: tuple[str, ...] = ()  # webdataset: a list of shards or patterns instead of root
     path: str = ""  # manifest file (kind = "manifest")
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
     limit: int = 0  # first N rows only (0 = all)
     download: bool = False  # fashion_mnist: fetch with torchvision when online (into root or ~/.cache)
     encoding: str = "utf-8"  # manifest: text encoding of the CSV/JSONL file (a line that fails is an invalid row)
-    max_image_pixels: int = 0  # image_folder/manifest: larger images are invalid rows (0 = PIL's default limit)
+    max_image_pixels: int = 0  # image sources: larger images are invalid rows (0 = PIL's default limit)
+    image_column: str = "image"  # parquet: image bytes, or a struct with a "bytes" field (Hugging Face Image)
+    path_column: str = ""  # parquet: image paths (relative to the Parquet file) instead of image bytes
+    text_column: str = ""  # parquet: text inputs (makes a text source)
+    label_column: str = "label"  # parquet: ints or class names (a missing "label" column = unlabeled)
+    id_column: str = ""  # parquet: unique sample ids ("" = <file name>:<row>)
+    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")  # webdataset: image member, first present
+    label_field: str = ""  # webdataset: label from this field of the .json member ("" = the .cls member)
+    modality: Literal["image", "text"] = "image"  # webdataset: text reads the .txt member
 
     def validate(self) -> list[str]:
         import codecs

@@ -64,6 +64,18 @@ def open_source_config(cfg: SourceConfig) -> Source:
             raise ValueError("source.path: a manifest source needs the manifest file")
         kw = {"path": resolve_path(cfg.path), "root": root or None, "encoding": cfg.encoding,
               "max_image_pixels": cfg.max_image_pixels}
+    elif cfg.kind == "parquet":
+        if not root:
+            raise ValueError("source.root: a parquet source needs a .parquet file or a folder of them")
+        kw = {"root": root, "image_column": cfg.image_column, "path_column": cfg.path_column,
+              "text_column": cfg.text_column, "label_column": cfg.label_column, "id_column": cfg.id_column,
+              "max_image_pixels": cfg.max_image_pixels}
+    elif cfg.kind == "webdataset":
+        if not (root or cfg.shards):
+            raise ValueError("source.root: a webdataset source needs its shards (a brace pattern, or source.shards)")
+        kw = {"root": [resolve_path(s) for s in cfg.shards] if cfg.shards else root, "max_image_pixels":
+              cfg.max_image_pixels, "extensions": list(cfg.extensions), "label_field": cfg.label_field,
+              "modality": cfg.modality}
     else:
         if not root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
