@@ -383,19 +383,11 @@ class FeatureCache:
 
     def take_inputs(self, name: str, array: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows of one input array in the order given, read chunk by chunk."""
-        rows = np.asarray(rows, dtype=np.int64)
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        return self.store.take(f"inputs/{name}/{array}", uniq)[inverse]
+        return self._take_rows(f"inputs/{name}/{array}", rows)
 
     def load_inputs(self, name: str, array: str) -> np.ndarray:
         """One input array in memory, read partition by partition."""
-        node = f"inputs/{name}/{array}"
-        meta = self.store.array_meta(node)
-        out = np.empty(meta.shape, dtype=meta.dtype)
-        for p in range(self.num_partitions):
-            start, stop = self.partition_range(p)
-            out[start:stop] = self.store.read(node, start, stop)
-        return out
+        return self._load_node(f"inputs/{name}/{array}")
 
     # -- completeness ---------------------------------------------------------------
     def marker_problem(self, key: str, doc: dict[str, Any]) -> str | None:
@@ -474,15 +466,20 @@ class FeatureCache:
 
     def take(self, teacher: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows in the order given (repeats allowed), read chunk by chunk, never row by row."""
+        return self._take_rows(self._features_node(teacher), rows)
+
+    def _take_rows(self, node: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise IndexError(f"{self.path}: row ids must be in 0..{self.rows - 1}")
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return self.store.take(self._features_node(teacher), uniq)[inverse]
+        return self.store.take(node, uniq)[inverse]
 
     def load(self, teacher: str) -> np.ndarray:
         """A teacher's full matrix in memory, filled chunk range by chunk range."""
-        node = self._features_node(teacher)
+        return self._load_node(self._features_node(teacher))
+
+    def _load_node(self, node: str) -> np.ndarray:
         meta = self.store.array_meta(node)
         out = np.empty(meta.shape, dtype=meta.dtype)
         for p in range(self.num_partitions):
