@@ -6,7 +6,7 @@ under it, so a new sub-package (``pipeline/teachers``) can never be left out of 
 
 from setuptools import find_packages, setup
 
-ROOMS = ("pipeline", "cache_tools", "train")
+ROOMS = ("plumbing", "rawdata", "cache_tools", "pipeline", "train")
 
 packages: list[str] = []
 package_dir: dict[str, str] = {}

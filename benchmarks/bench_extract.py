@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 from common import EFFNET, result_path, save  # benchmarks/common.py
-from featcache.cache_tools.provenance import created_by, utc_now
-from featcache.cache_tools.sources import fashion_mnist, image_folder
+from featcache.plumbing.provenance import created_by, utc_now
+from featcache.rawdata import fashion_mnist, image_folder
 from featcache.pipeline.config import ExtractConfig, TeacherConfig
 from featcache.pipeline.extract import run_extract
 from featcache.pipeline.teachers import build_teacher

@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from common import EFFNET, result_path, save  # benchmarks/common.py
-from featcache.cache_tools.config import load_config
-from featcache.cache_tools.paths import resolve_path
-from featcache.cache_tools.provenance import created_by, utc_now
-from featcache.cache_tools.sources import image_folder
+from featcache.plumbing.config import load_config
+from featcache.plumbing.paths import resolve_path
+from featcache.plumbing.provenance import created_by, utc_now
+from featcache.rawdata import image_folder
 from featcache.pipeline.config import ExtractConfig, TeacherConfig
 from featcache.pipeline.extract import run_extract
 from featcache.pipeline.teachers import build_teacher
@@ -51,7 +51,7 @@ def write_images(root: str, rows: int) -> str:
     if os.path.isdir(root) and sum(len(f) for _, _, f in os.walk(root)) >= rows:
         return root
     try:
-        from featcache.cache_tools.sources import fashion_mnist
+        from featcache.rawdata import fashion_mnist
         src = fashion_mnist(split="train")
         load, labels = src.load, src.labels
     except Exception:

@@ -32,14 +32,13 @@ import torch
 
 from common import result_path, save  # benchmarks/common.py
 from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.cliutil import human_bytes
-from featcache.cache_tools.config import load_config
-from featcache.cache_tools.distributed import pick_device
+from featcache.plumbing.cli import human_bytes
+from featcache.plumbing.config import load_config
+from featcache.plumbing.distributed import pick_device
 from featcache.cache_tools.inputs import cache_inputs
-from featcache.cache_tools.provenance import created_by, utc_now
-from featcache.cache_tools.raw import source_of
-from featcache.cache_tools.sources import fashion_mnist, image_folder
-from featcache.cache_tools.views import VIEW_PARAMS, sample_view
+from featcache.plumbing.provenance import created_by, utc_now
+from featcache.rawdata import fashion_mnist, image_folder, source_of
+from featcache.rawdata.views import VIEW_PARAMS, sample_view
 from featcache.train.config import TrainConfig
 from featcache.train.data import FeatureBank, build_splits
 from featcache.train.loop import Learner, make_optimizer, prepare_inputs, train_batches

@@ -28,8 +28,9 @@ import numpy as np
 import zarr
 
 from common import result_path, save  # benchmarks/common.py
-from featcache.cache_tools import FeatureCache, convert, storage
-from featcache.cache_tools.provenance import created_by, utc_now
+from featcache.cache_tools import FeatureCache, convert
+from featcache.plumbing import storage
+from featcache.plumbing.provenance import created_by, utc_now
 from featcache.cache_tools.reading import iter_chunk_shuffled
 
 BATCH = 256

@@ -20,7 +20,7 @@ import numpy as np
 
 from featcache.cache_tools import FeatureCache
 from common import result_path, save  # benchmarks/common.py
-from featcache.cache_tools.provenance import created_by, utc_now
+from featcache.plumbing.provenance import created_by, utc_now
 from featcache.cache_tools.reading import iter_chunk_shuffled, iter_teacher_batches
 
 BATCH = 256

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 from common import EFFNET, result_path, save  # benchmarks/common.py
-from featcache.cache_tools.provenance import created_by, utc_now
-from featcache.cache_tools.sources import fashion_mnist
+from featcache.plumbing.provenance import created_by, utc_now
+from featcache.rawdata import fashion_mnist
 from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.teachers import build_teacher
 from featcache.train.config import TrainConfig
@@ -42,7 +42,7 @@ from featcache.train.students import StudentSpec, build_student
 def random_feature_store(path: str, rows: int, dim: int, split: str = "train") -> str:
     """Fashion-MNIST rows with random fp16 features: timing and memory do not depend on the values."""
     src = fashion_mnist(split=split)
-    from featcache.cache_tools.sources import head
+    from featcache.rawdata import head
     src = head(src, rows)
     cache = FeatureCache.create(path, sample_ids=src.sample_ids, labels=src.labels, split=split,
                                 source=src.describe(), overwrite=True)

@@ -3,6 +3,8 @@
 Knows nothing about models: stores hold arrays, fingerprints and done markers.
 """
 
+from featcache.rawdata.identity import dataset_fingerprint
+
 from ._hdf5 import HDF5Store
 from ._memory import MemoryStore
 from ._zarr import ZarrStore
@@ -10,7 +12,7 @@ from .cache import FORMAT_VERSION, INDEX_PART, FeatureCache, require_complete
 from .convert import convert
 from .errors import (CacheError, CacheNotFoundError, CorruptCacheError, FingerprintMismatch,
                      FormatVersionError, ReadOnlyError)
-from .fingerprint import dataset_fingerprint, fingerprint
+from .fingerprint import fingerprint
 from .store import ArrayMeta, Store
 from .verify import VerifyReport, verify
 

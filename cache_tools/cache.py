@@ -34,10 +34,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import provenance
+from featcache.plumbing import provenance
+from featcache.rawdata.identity import dataset_fingerprint
+
 from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
-from .fingerprint import (DOC_CHECKSUM_KEY, array_checksum, dataset_fingerprint, doc_checksum, fingerprint,
-                          short_pair)
+from .fingerprint import DOC_CHECKSUM_KEY, array_checksum, doc_checksum, fingerprint, short_pair
 from .locate import open_backend
 from .store import STR_DTYPE, UNREADABLE, Store
 

@@ -10,14 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import storage
+from featcache.plumbing import storage
 from .cache import FeatureCache
-from .cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, human_bytes, run_cli
+from featcache.plumbing.cli import EXIT_DATA, EXIT_OK, add_debug_flag, human_bytes, run_cli
 from .convert import convert
 from .errors import CacheError
 from .locate import find_stores
 from .verify import verify_path
-from .views import RESIZE_FILTERS
+from featcache.rawdata.views import RESIZE_FILTERS
 
 PROG = "featcache-cache"
 
@@ -189,7 +189,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
 def cmd_inputs(args: argparse.Namespace) -> int:
     from .inputs import cache_inputs
-    from .raw import source_of
+    from featcache.rawdata import source_of
 
     with FeatureCache.open(args.store, mode="r+") as cache:
         source = source_of(cache, args.data_root)

@@ -4,8 +4,10 @@ Every message names the store path and, where it applies, what was expected
 versus what was found, so the CLI can print it as one line.
 """
 
+from featcache.plumbing.errors import DataError
 
-class CacheError(Exception):
+
+class CacheError(DataError):
     """Base class: anything wrong with a cache that a user can act on."""
 
 

@@ -1,4 +1,4 @@
-"""Stable keys for datasets and teachers.
+"""Stable keys for teachers and documents (a dataset's key is in ``featcache.rawdata.identity``).
 
 A fingerprint is the SHA-256 of the sorted JSON of plain values, so the same
 inputs give the same key on any machine and any Python version.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -40,21 +40,6 @@ def fingerprint(values: Mapping[str, Any], defaults: Mapping[str, Any] | None = 
     kept = {k: v for k, v in values.items() if not (k in defaults and defaults[k] == v)}
     text = json.dumps({"key_version": KEY_VERSION, **_plain(kept)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def dataset_fingerprint(sample_ids: Iterable[str], labels: np.ndarray) -> str:
-    """Hash of the ordered sample ids and labels: the identity of a dataset split."""
-    h = hashlib.sha256(b"featcache-dataset-v1\0")
-    count = 0
-    for sid in sample_ids:
-        h.update(str(sid).encode("utf-8"))
-        h.update(b"\0")
-        count += 1
-    labels = np.ascontiguousarray(np.asarray(labels, dtype="<i8"))
-    if labels.shape != (count,):
-        raise ValueError(f"{count} sample ids but labels have shape {labels.shape}")
-    h.update(labels.tobytes())
-    return h.hexdigest()
 
 
 def array_checksum(values: np.ndarray) -> str:

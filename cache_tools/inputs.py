@@ -31,9 +31,9 @@ import numpy as np
 
 from .cache import INDEX_PART, FeatureCache
 from .errors import CacheError
-from .paths import resolve_path
-from .sources import InputError, Source
-from .views import EVAL_VIEW, RESIZE_FILTERS, render_view
+from featcache.plumbing.paths import resolve_path
+from featcache.rawdata import InputError, Source
+from featcache.rawdata.views import EVAL_VIEW, RESIZE_FILTERS, render_view
 
 RENDER_VERSION = 1  # bump when render_view's (or encode_texts') output changes for the same spec
 INFO_KEYS = ("pillow",)  # recorded, not matched: a student asks for size and filter, not a Pillow release

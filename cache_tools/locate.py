@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from . import storage
+from featcache.plumbing import storage
 from ._hdf5 import HDF5_SIGNATURE, HDF5Store
 from ._zarr import ZarrStore
 from .errors import CacheNotFoundError

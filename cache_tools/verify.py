@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from featcache.rawdata.identity import dataset_fingerprint
+
 from .cache import INDEX_PART, INPUTS_KEY, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite, inputs_checksum
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
-from .fingerprint import array_checksum, dataset_fingerprint, fingerprint, short_pair
+from .fingerprint import array_checksum, fingerprint, short_pair
 from .locate import open_backend
 from .store import Store
 

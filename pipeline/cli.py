@@ -14,9 +14,9 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from featcache.cache_tools.cliutil import EXIT_OK, add_debug_flag, human_bytes, run_cli
-from featcache.cache_tools import storage
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.cli import EXIT_OK, add_debug_flag, human_bytes, run_cli
+from featcache.plumbing import storage
+from featcache.plumbing.config import load_config
 
 from .config import ExtractConfig
 

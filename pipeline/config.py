@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from featcache.cache_tools.storage import storage_field
+from featcache.plumbing.storage import storage_field
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,15 @@ from tqdm import tqdm
 
 from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch,
                                    dataset_fingerprint)
-from featcache.cache_tools import storage
-from featcache.cache_tools.distributed import Dist, all_sum, barrier, setup, teardown
+from featcache.plumbing import storage
+from featcache.plumbing.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
 from featcache.cache_tools.verify import recheck_newest
-from featcache.cache_tools.sources import KINDS, InputError, Source, clean_reason, head
-from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
+from featcache.rawdata import KINDS, InputError, Source, clean_reason, head
+from featcache.rawdata.views import EVAL_VIEW, VIEW_PARAMS, apply_view, sample_view
 
 from .config import ExtractConfig, SourceConfig
-from featcache.cache_tools.paths import resolve_path
+from featcache.plumbing.paths import resolve_path
 from .teachers import Teacher, best_device, build_teacher
 
 

@@ -17,13 +17,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.raw import open_with_inputs
-from featcache.cache_tools.sources import InputError, Source
-from featcache.cache_tools.views import apply_view
+from featcache.cache_tools import FeatureCache, require_complete
+from featcache.rawdata import InputError, Source, source_of
+from featcache.rawdata.views import apply_view
 
 from .config import TeacherConfig
 from .teachers import Teacher, best_device, build_teacher
+
+
+def open_with_inputs(path: str, data_root: str = "", mode: str = "r") -> tuple[FeatureCache, Source]:
+    """A complete store and the raw inputs it was built from."""
+    cache = FeatureCache.open(path, mode=mode)
+    require_complete(cache)
+    return cache, source_of(cache, data_root)
 
 
 @dataclass(frozen=True)

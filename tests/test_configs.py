@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.finetune import FinetuneConfig
 from featcache.train.config import TrainConfig
@@ -29,7 +29,7 @@ def test_every_config_is_covered():
 
 def test_demo_teachers_and_student_weights_resolve():
     """The pkg: paths of the demo point at files the demo extra installs."""
-    from featcache.cache_tools.paths import resolve_path
+    from featcache.plumbing.paths import resolve_path
 
     cfg = load_config(TrainConfig, os.path.join(ROOT, "configs", "demo_train.toml"))
     extract = load_config(ExtractConfig, os.path.join(ROOT, "configs", "demo_vision.toml"))

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOMS = ("pipeline", "cache_tools", "train")
+ROOMS = ("plumbing", "rawdata", "cache_tools", "pipeline", "train")
 SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "stores", "build", "dist", "*.egg-info", "__pycache__",
                               ".pytest_cache")
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from featcache.cache_tools.cliutil import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
-from featcache.cache_tools import storage
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.cli import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
+from featcache.plumbing import storage
+from featcache.plumbing.config import load_config
 
 from .config import TrainConfig
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from featcache.cache_tools.storage import storage_field
+from featcache.plumbing.storage import storage_field
 
 Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
 UNLABELED_METHODS = ("distill_logits", "distill_features")

@@ -18,10 +18,9 @@ import torch
 
 from featcache.cache_tools import FeatureCache, require_complete
 from featcache.cache_tools.inputs import Tokenizer, find_matching, image_spec, text_spec
-from featcache.cache_tools.raw import source_of
+from featcache.rawdata import Source, source_of
 from featcache.cache_tools.reading import iter_chunk_shuffled
-from featcache.cache_tools.sources import Source
-from featcache.cache_tools.views import render_view
+from featcache.rawdata.views import render_view
 
 from .config import DataConfig, StudentConfig
 

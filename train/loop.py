@@ -15,15 +15,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from featcache.cache_tools import storage
-from featcache.cache_tools.config import load_config, to_dict
-from featcache.cache_tools.paths import resolve_path
-from featcache.cache_tools.provenance import created_by
+from featcache.plumbing import storage
+from featcache.plumbing.config import load_config, to_dict
+from featcache.plumbing.paths import resolve_path
+from featcache.plumbing.provenance import created_by
 
 from . import checkpoint as ckpt_io
 from .config import UNLABELED_METHODS, TrainConfig
 from .data import FeatureBank, Inputs, Split, build_splits, describe_inputs
-from featcache.cache_tools.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
+from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from .losses import AFT, RKD, FeatureDistill, FeatureKD, LogitDistill, Method, PredictionKD
 from .prefetch import prefetch
 from .probe import fit_linear_probe, probe_accuracy

@@ -25,8 +25,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from featcache.cache_tools import storage
-from featcache.cache_tools.config import ConfigError, load_config, parse_override, to_dict
+from featcache.plumbing import storage
+from featcache.plumbing.config import ConfigError, load_config, parse_override, to_dict
 
 from .checkpoint import write_json_atomic
 from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS, Method, TrainConfig

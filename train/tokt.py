@@ -19,12 +19,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from featcache.cache_tools import FeatureCache
 
-from featcache.cache_tools.config import load_config, to_dict
+from featcache.plumbing.config import load_config, to_dict
 
 from .checkpoint import write_json_atomic
 from .config import Method, TrainConfig

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..config import TeacherConfig
-from featcache.cache_tools.paths import resolve_path
+from featcache.plumbing.paths import resolve_path
 
 from .base import Teacher, TeacherError, best_device
 

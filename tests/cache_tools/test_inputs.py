@@ -12,9 +12,8 @@ from PIL import Image
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.cli import main as cache_cli
 from featcache.cache_tools.inputs import cache_inputs, find_matching, image_spec
-from featcache.cache_tools.raw import source_of
-from featcache.cache_tools.sources import image_folder
-from featcache.cache_tools.views import VIEW_PARAMS, apply_view, sample_view
+from featcache.rawdata import image_folder, source_of
+from featcache.rawdata.views import VIEW_PARAMS, apply_view, sample_view
 
 
 def jpeg_store(tmp_path, n: int = 40, views: int = 3, backend: str | None = None, name: str = "s.zarr") -> str:
@@ -141,7 +140,7 @@ def test_command_line_info_and_refusals(tmp_path, capsys):
 def test_text_store_needs_a_tokenizer_and_image_store_a_size(tmp_path, capsys):
     import json
 
-    from featcache.cache_tools.sources import manifest
+    from featcache.rawdata import manifest
 
     (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(8)))
     src = manifest(str(tmp_path / "r.jsonl"))

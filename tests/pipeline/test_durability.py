@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from featcache.cache_tools import FeatureCache, verify
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.extract import run_extract
 

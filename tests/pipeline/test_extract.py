@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from featcache.cache_tools import FeatureCache, FingerprintMismatch, verify
-from featcache.cache_tools.sources import image_folder
-from featcache.cache_tools.views import apply_view
-from featcache.cache_tools.config import load_config
+from featcache.rawdata import image_folder
+from featcache.rawdata.views import apply_view
+from featcache.plumbing.config import load_config
 from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.extract import ExtractError
 from featcache.pipeline.teachers import build_teacher
@@ -23,10 +23,10 @@ from conftest import clip_teacher, extract, make_images, timm_teacher  # noqa: E
 
 
 def test_two_teachers_one_decode_per_input(images, timm_ckpt, clip_files, tmp_path, monkeypatch):
-    from featcache.cache_tools import sources
+    from featcache.rawdata import folders
     calls = []
-    real = sources._read_image_file
-    monkeypatch.setattr(sources, "_read_image_file", lambda p, *more: calls.append(p) or real(p, *more))
+    real = folders.read_image_file
+    monkeypatch.setattr(folders, "read_image_file", lambda p, *more: calls.append(p) or real(p, *more))
     s = extract(tmp_path / "s.zarr", {"kind": "image_folder", "root": images},
                 [timm_teacher(timm_ckpt), clip_teacher(clip_files)])
     assert s.complete and s.rows == 24 and len(calls) == 24 == len(set(calls))

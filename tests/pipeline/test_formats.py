@@ -14,8 +14,8 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 from featcache.cache_tools import FeatureCache  # noqa: E402
-from featcache.cache_tools.shards import expand_braces  # noqa: E402
-from featcache.cache_tools.sources import SourceError, open_source, parquet, webdataset  # noqa: E402
+from featcache.rawdata import open_source, parquet, SourceError, webdataset  # noqa: E402
+from featcache.rawdata.tar_shards import expand_braces  # noqa: E402
 
 from conftest import extract, make_images, timm_teacher  # noqa: E402
 
@@ -240,15 +240,15 @@ def test_resume_after_a_kill_mid_shard(tmp_path, timm_ckpt):
     assert subprocess.run([_exe("featcache-extract"), ref], capture_output=True, env=env).returncode == 0
     script = textwrap.dedent(f"""
         import os, signal
-        from featcache.cache_tools import sources
+        from featcache.rawdata import webdataset_shards
         from featcache.pipeline.cli import main
-        real, calls = sources._decode_image, []
+        real, calls = webdataset_shards.decode_image, []
         def dying(data, what, *more):
             calls.append(what)
             if len(calls) == 10:  # rows 0-7 (two partitions) are done; row 9 is inside train-000001.tar
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(data, what, *more)
-        sources._decode_image = dying
+        webdataset_shards.decode_image = dying
         main([{cfg!r}])
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)

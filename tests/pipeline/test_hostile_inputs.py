@@ -9,7 +9,7 @@ import pytest
 from PIL import BmpImagePlugin, Image
 
 from featcache.cache_tools import FeatureCache, verify
-from featcache.cache_tools.sources import InputError, manifest
+from featcache.rawdata import InputError, manifest
 
 from conftest import extract, make_images, timm_teacher  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_bomb_and_surprising_decoder_are_invalid_rows(tmp_path, timm_ckpt, monke
 
 
 def test_pixel_limit_option_is_per_source_and_leaves_pil_alone(tmp_path):
-    from featcache.cache_tools.sources import image_folder, open_source
+    from featcache.rawdata import image_folder, open_source
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"junk")
     src = image_folder(str(tmp_path), max_image_pixels=1000)

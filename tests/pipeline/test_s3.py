@@ -17,9 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from featcache.cache_tools import FeatureCache, storage, verify
+from featcache.cache_tools import FeatureCache, verify
+from featcache.plumbing import storage
 from featcache.cache_tools.cli import main as cache_main
-from featcache.cache_tools.config import load_config
+from featcache.plumbing.config import load_config
 
 from conftest import extract, make_images, timm_teacher  # noqa: E402
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featcache.cache_tools import FeatureCache, verify
-from featcache.cache_tools.sources import default_fashion_mnist_root, fashion_mnist
+from featcache.rawdata import default_fashion_mnist_root, fashion_mnist
 from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.teachers import TeacherError, build_teacher
 from featcache.train.probe import fit_linear_probe, probe_accuracy
@@ -65,7 +65,7 @@ def test_minilm_package_matches_sentence_transformers():
     texts = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply."]
     t = build_teacher(TeacherConfig(name="minilm", kind="hf", model=MINILM, normalize=True), CPU, "text")
     ours = t.encode(t.prepare(texts)).numpy()
-    from featcache.cache_tools.paths import resolve_path
+    from featcache.plumbing.paths import resolve_path
     ref = SentenceTransformer(resolve_path(MINILM), device="cpu").encode(texts, normalize_embeddings=True)
     assert t.dim == 384 and np.allclose(ours, ref, atol=1e-4)
     assert ours[0] @ ours[1] > ours[0] @ ours[2] + 0.3  # related sentences are closer

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.sources import fashion_mnist
-from featcache.cache_tools.views import EVAL_VIEW, VIEW_PARAMS, sample_view
+from featcache.rawdata import fashion_mnist
+from featcache.rawdata.views import EVAL_VIEW, VIEW_PARAMS, sample_view
 
 
 def write_idx(root: str, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

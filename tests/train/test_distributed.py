@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from featcache.cache_tools.distributed import Dist
+from featcache.plumbing.distributed import Dist
 from featcache.train.loop import shard_rows, steps_per_epoch
 
 from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
@@ -68,7 +68,7 @@ class _FakeGPUs:
 
 
 def test_gpu_ranks_bind_their_device_before_the_group_starts_with_a_cpu_backend(monkeypatch):
-    from featcache.cache_tools import distributed
+    from featcache.plumbing import distributed
     fake = _FakeGPUs(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -82,8 +82,8 @@ def test_gpu_ranks_bind_their_device_before_the_group_starts_with_a_cpu_backend(
 def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
     """The CPU counts of evaluation and extraction travel over gloo: each device is in the backend string."""
     import torch
-    from featcache.cache_tools import distributed
-    from featcache.cache_tools.config import load_config
+    from featcache.plumbing import distributed
+    from featcache.plumbing.config import load_config
     from featcache.train.config import TrainConfig
     from featcache.train.data import build_splits
     from featcache.train.loop import Learner, evaluate
@@ -108,7 +108,7 @@ def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
 
 
 def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
-    from featcache.cache_tools import distributed
+    from featcache.plumbing import distributed
     _FakeGPUs(monkeypatch, devices=1)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")

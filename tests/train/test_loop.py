@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from featcache.cache_tools.config import ConfigError, load_config
+from featcache.plumbing.config import ConfigError, load_config
 from featcache.train.config import TrainConfig
 from featcache.train.loop import run
 

@@ -30,7 +30,7 @@ def test_efficientnet_lite0_student_is_timms_network_with_the_package_weights():
     """Our student keeps efficientnet_pytorch's names: the ImageNet weights load by name, and
     the network computes what timm's efficientnet_lite0 computes (BN eps aside: ours is TF's)."""
     timm = pytest.importorskip("timm")
-    from featcache.cache_tools.paths import resolve_path
+    from featcache.plumbing.paths import resolve_path
     from featcache.pipeline.teachers.timm import remap_efficientnet_pytorch
 
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from featcache.cache_tools.config import ConfigError
+from featcache.plumbing.config import ConfigError
 from featcache.train.sweep import parse_axis, plan, split_values  # noqa: F401
 
 from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
@@ -97,7 +97,7 @@ def test_sweep_compare_and_rerun(synth, tmp_path):
 
 def test_sweep_resumes_an_interrupted_run(synth, tmp_path):
     """A run killed after its checkpoint continues from it; finished runs are left alone."""
-    from featcache.cache_tools.config import load_config
+    from featcache.plumbing.config import load_config
     from featcache.train.config import TrainConfig
     from featcache.train.loop import run
 

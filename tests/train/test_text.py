@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from featcache.cache_tools import FeatureCache
-from featcache.cache_tools.config import load_config
-from featcache.cache_tools.sources import manifest
+from featcache.plumbing.config import load_config
+from featcache.rawdata import manifest
 from featcache.train.config import TrainConfig
 from featcache.train.loop import run
 

@@ -83,7 +83,7 @@ seeds = [0]
 
 def test_tokt_with_cached_finetuned_teacher_logits(synth, tmp_path):
     """tokt.logits_teacher: step 2 distils logits a stage-1 job cached (featcache-extract finetune)."""
-    from featcache.cache_tools.config import load_config
+    from featcache.plumbing.config import load_config
     from featcache.cache_tools.retrieve import labeled_subset, random_transfer, write_subset_store, write_transfer_store
     from featcache.train.tokt import ToktConfig, run_tokt
     pool_path, test = synth

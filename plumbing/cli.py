@@ -8,14 +8,10 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from .errors import CacheError, CacheNotFoundError
+from .errors import DataError, UsageError
 from .storage import access_errors
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A wrong argument or config value: exit 2 with one line."""
 
 
 def human_bytes(n: float) -> str:
@@ -27,7 +23,7 @@ def human_bytes(n: float) -> str:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (UsageError, CacheNotFoundError, FileNotFoundError, FileExistsError,
+    if isinstance(exc, (UsageError, FileNotFoundError, FileExistsError,
                         IsADirectoryError, NotADirectoryError, ValueError, KeyError, *access_errors())):
         return EXIT_USAGE
     return EXIT_DATA
@@ -45,7 +41,7 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, handler: Callable[[argpa
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; no error, no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (CacheError, UsageError, OSError, ValueError, KeyError, *access_errors()) as exc:
+    except (DataError, UsageError, OSError, ValueError, KeyError, *access_errors()) as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -2,8 +2,8 @@
 
 import pytest
 
-from featcache.cache_tools import storage
-from featcache.cache_tools.config import ConfigError, load_config, to_dict
+from featcache.plumbing import storage
+from featcache.plumbing.config import ConfigError, load_config, to_dict
 
 
 @pytest.fixture(autouse=True)

