@@ -16,10 +16,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS
+from .config import FEATURE_DATA_KEYS, PIPELINE_DATA_KEYS
+from .methods import registry
 
 NOT_GROUPING = {"out_dir", "seed", *(f"data.{k}" for k in PIPELINE_DATA_KEYS)}
-# keys only the feature methods read never split STL's runs: STL is the baseline for all of them
+# keys only the feature methods read never split the runs of a method without features (STL: the
+# baseline of all of them)
 FEATURE_KEYS = {f"data.{k}" for k in FEATURE_DATA_KEYS}
 
 
@@ -112,9 +114,16 @@ def grouping_keys(runs: list[Run], root: str) -> tuple[list[str], dict[str, list
     per_method = {}
     for method in {r.method for r in runs}:
         mine = [r for r in runs if r.method == method]
-        params = {f"method.{p}" for p in METHOD_PARAMS.get(mine[0].config.get("method.name", ""), ())}
+        spec = registry.lookup(mine[0].config.get("method.name", ""))
+        params = {f"method.{p}" for p in (spec.params() if spec else ())}
         per_method[method] = differing(mine, params)
     return shared, per_method
+
+
+def _reads_features(method: str) -> bool:
+    """False for a registered method without teacher features; a TOKT variant reads them."""
+    spec = registry.lookup(method)
+    return spec is None or spec.needs_features
 
 
 def _short(key: str) -> str:
@@ -130,7 +139,7 @@ def _fmt(value: Any) -> str:
 def group(runs: list[Run], shared: list[str], per_method: dict[str, list[str]]) -> list[Row]:
     rows: dict[tuple, Row] = {}
     for r in runs:
-        mine = [k for k in shared if not (r.method == "stl" and k in FEATURE_KEYS)]
+        mine = [k for k in shared if _reads_features(r.method) or k not in FEATURE_KEYS]
         setting = {k: r.config.get(k) for k in mine + per_method[r.method]}
         key = (r.method, tuple(sorted((k, str(v)) for k, v in setting.items())))
         if key not in rows:

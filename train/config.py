@@ -8,12 +8,8 @@ from typing import Any, Literal
 
 from featcache.plumbing.storage import storage_field
 
-Method = Literal["stl", "aft", "kd_feat", "rkd", "kd_pred", "distill_logits", "distill_features"]
-UNLABELED_METHODS = ("distill_logits", "distill_features")
-# the [method] keys each method reads; the others do not change what a run computes
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "stl": (), "aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
-    "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",), "distill_features": ("kd_beta",)}
+from .methods import registry
+
 # the [data] keys only methods with teacher features read
 FEATURE_DATA_KEYS = ("teachers", "standardize_teachers", "unlabeled_per_batch", "max_ram_gb")
 # the [data] keys that decide how fast batches arrive, never what they hold (same seed, same run)
@@ -84,26 +80,6 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
-class MethodConfig:
-    name: Method = "aft"
-    beta: float = 10.0  # AFT weight (reference recipe)
-    prior_lr: float = 1e-2  # learning rate of AFT's feature weights s (no weight decay)
-    kd_beta: float = 1.0  # kd_feat MSE weight
-    rkd_distance: float = 25.0
-    rkd_angle: float = 50.0
-    temperature: float = 4.0  # kd_pred, distill_logits
-    alpha: float = 0.5  # kd_pred: weight of the KL term, 1 - alpha on cross-entropy
-
-    def validate(self) -> list[str]:
-        errors = []
-        if self.temperature <= 0:
-            errors.append("temperature: must be > 0")
-        if not 0 <= self.alpha <= 1:
-            errors.append("alpha: must be in [0, 1]")
-        return errors
-
-
-@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = 1e-3
@@ -132,5 +108,8 @@ class TrainConfig:
     amp: bool = True  # autocast on GPU; ignored on the CPU
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # [method]: `name` picks a registered method (featcache.train.methods); every registered method's
+    # parameters are keys here, each method reading its own. The schema is the registry's, looked up at
+    # each load, so a method registered later is a valid [method] too.
+    method: registry.MethodConfig = field(default_factory=lambda: registry.MethodConfig())
     optim: OptimConfig = field(default_factory=OptimConfig)

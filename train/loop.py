@@ -21,10 +21,12 @@ from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
 
 from . import checkpoint as ckpt_io
-from .config import UNLABELED_METHODS, TrainConfig
+from . import methods
+from .config import TrainConfig
 from .data import FeatureBank, Inputs, Split, build_splits, describe_inputs
 from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
-from .losses import AFT, RKD, FeatureDistill, FeatureKD, LogitDistill, Method, PredictionKD
+from .losses import MethodLoss
+from .methods import BuildContext
 from .prefetch import prefetch
 from .probe import fit_linear_probe, probe_accuracy
 from .students import StudentSpec, build_student, count_parameters, feature_dim, init_embeddings, read_word_embeddings
@@ -36,7 +38,7 @@ LOSS_READ_EVERY = 50  # steps between reads of the running losses (each read wai
 class Learner(nn.Module):
     """Student and method in one module, so DDP averages every trainable parameter."""
 
-    def __init__(self, student: nn.Module, method: Method) -> None:
+    def __init__(self, student: nn.Module, method: MethodLoss) -> None:
         super().__init__()
         self.student, self.method = student, method
 
@@ -46,30 +48,25 @@ class Learner(nn.Module):
 
 
 def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Split, num_classes: int,
-                 out_dir: str, log: Log) -> Method:
-    m = cfg.method
-    if m.name == "stl":
-        return Method()
-    if m.name == "aft":
-        return AFT(bank.dim, beta=m.beta, prior_lr=m.prior_lr)
-    if m.name == "kd_feat":
-        return FeatureKD(d_h, bank.dim, beta=m.kd_beta)
-    if m.name == "rkd":
-        return RKD(m.rkd_distance, m.rkd_angle)
-    if m.name == "distill_logits":
-        return LogitDistill(m.temperature)
-    if m.name == "distill_features":
-        return FeatureDistill(d_h, bank.dim, beta=m.kd_beta)
+                 out_dir: str, log: Log) -> MethodLoss:
+    """The loss of the configured method, given what it declares it needs."""
+    method = methods.from_config(cfg.method)
+    probe = teacher_probe(cfg.seed, bank, split, num_classes, out_dir, log) if method.needs_probe else None
+    return method.build(BuildContext(d_h, bank.dim if bank is not None else None, num_classes, probe))
+
+
+def teacher_probe(seed: int, bank: FeatureBank, split: Split, num_classes: int, out_dir: str, log: Log) -> nn.Linear:
+    """The teacher's task head: fitted once on the labeled training rows' cached features, then reloaded."""
     path = os.path.join(out_dir, "probe.pt")
     if os.path.exists(path):
         probe = nn.Linear(bank.dim, num_classes)
         probe.load_state_dict(torch.load(path, weights_only=True))
-    else:  # the teacher's task head: fitted once on the labeled training rows' cached features
-        feats = bank.take_eval(split.rows)
-        probe = fit_linear_probe(feats, split.labels, num_classes, seed=cfg.seed)
-        log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
-        torch.save(probe.state_dict(), path)
-    return PredictionKD(probe, m.temperature, m.alpha)
+        return probe
+    feats = bank.take_eval(split.rows)
+    probe = fit_linear_probe(feats, split.labels, num_classes, seed=seed)
+    log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
+    torch.save(probe.state_dict(), path)
+    return probe
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -257,11 +254,11 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = pick_device(dist_.local_rank)
-    splits, num_classes = build_splits(cfg.data, cfg.student, unlabeled=cfg.method.name in UNLABELED_METHODS)
+    spec = methods.get(cfg.method.name)
+    splits, num_classes = build_splits(cfg.data, cfg.student, unlabeled=spec.unlabeled)
     train = splits["train"]
-    needs_features = cfg.method.name != "stl"
     bank = FeatureBank(train.cache, cfg.data.teachers, train.rows, cfg.data.max_ram_gb,
-                       cfg.data.standardize_teachers) if needs_features else None
+                       cfg.data.standardize_teachers) if spec.needs_features else None
     extra = cfg.data.unlabeled_per_batch if bank is not None else 0
     if extra and not bank.in_memory:
         raise ValueError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "

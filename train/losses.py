@@ -1,8 +1,9 @@
-"""Loss terms of every stage-2 method: AFT and the baselines it is compared with.
+"""Loss terms of the stage-2 methods: AFT and the baselines it is compared with.
 
-Each method is a small module that owns its extra parameters (AFT's feature
+Each loss is a small module that owns its extra parameters (AFT's feature
 weights, KD's linear map) and returns its loss components by name; the loop sums
-them and logs each one. Cross-entropy is always a component.
+them and logs each one. Which loss a method name builds, with which parameters and
+needs, is the method's class in ``featcache.train.methods``.
 """
 
 from __future__ import annotations
@@ -63,12 +64,8 @@ def labeled_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, ignore_index=-1)
 
 
-class Method(nn.Module):
+class MethodLoss(nn.Module):
     """Base: cross-entropy only (STL). Subclasses add their terms and parameters."""
-
-    name = "stl"
-    needs_features = False
-    needs_labels = True
 
     def forward(self, logits: torch.Tensor, h: torch.Tensor, phi: torch.Tensor | None,
                 y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,9 +76,8 @@ class Method(nn.Module):
         return []
 
 
-class AFT(Method):
-    name = "aft"
-    needs_features = True
+class AFT(MethodLoss):
+    """Cross-entropy plus beta * R, R the kernel distance to the learned-weight teacher features."""
 
     def __init__(self, d_phi: int, beta: float = 10.0, prior_lr: float = 1e-2) -> None:
         super().__init__()
@@ -95,11 +91,8 @@ class AFT(Method):
         return [{"params": [self.s], "lr": self.prior_lr, "weight_decay": 0.0, "name": "aft_s"}]
 
 
-class FeatureKD(Method):
+class FeatureKD(MethodLoss):
     """FitNets-style: a learned linear map from student to teacher features, MSE."""
-
-    name = "kd_feat"
-    needs_features = True
 
     def __init__(self, d_h: int, d_phi: int, beta: float = 1.0) -> None:
         super().__init__()
@@ -115,9 +108,8 @@ class FeatureKD(Method):
                  "name": "kd_proj"}]
 
 
-class RKD(Method):
-    name = "rkd"
-    needs_features = True
+class RKD(MethodLoss):
+    """Relational KD: the student's pairwise distances and triplet angles match the teacher's."""
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
         super().__init__()
@@ -128,11 +120,8 @@ class RKD(Method):
                 "rkd_angle": self.wa * rkd_angle(h, phi)}
 
 
-class PredictionKD(Method):
+class PredictionKD(MethodLoss):
     """KL to a frozen linear probe's predictions on the cached features (Hinton et al.)."""
-
-    name = "kd_pred"
-    needs_features = True
 
     def __init__(self, probe: nn.Linear, temperature: float = 4.0, alpha: float = 0.5) -> None:
         super().__init__()
@@ -153,12 +142,8 @@ def soft_target_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
     return temperature ** 2 * F.kl_div(log_p, target, reduction="batchmean")
 
 
-class LogitDistill(Method):
+class LogitDistill(MethodLoss):
     """Match a teacher's task logits (cached as features) on unlabeled rows: TOKT's step 2."""
-
-    name = "distill_logits"
-    needs_features = True
-    needs_labels = False
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
@@ -172,9 +157,6 @@ class LogitDistill(Method):
 
 class FeatureDistill(FeatureKD):
     """Task-agnostic transfer: match the teacher's features (linear map, MSE) on unlabeled rows."""
-
-    name = "distill_features"
-    needs_labels = False
 
     def forward(self, logits, h, phi, y):
         return {"kd_feat": self.beta * F.mse_loss(self.proj(h.float()), phi.float())}

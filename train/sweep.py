@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-import typing
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -29,10 +28,10 @@ from featcache.plumbing import storage
 from featcache.plumbing.config import ConfigError, load_config, parse_override, to_dict
 
 from .checkpoint import write_json_atomic
-from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS, Method, TrainConfig
+from .config import FEATURE_DATA_KEYS, PIPELINE_DATA_KEYS, TrainConfig
+from .methods import registry
 
 Log = Callable[[str], None]
-METHOD_NAMES = typing.get_args(Method)
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def parse_axis(text: str) -> Axis:
     if key == "method":
         key = "method.name"
     head, _, rest = key.partition(".")
-    if head in METHOD_NAMES and rest:
+    if head in registry.names() and rest:
         only, key = head, f"method.{rest}"
     if len(set(values)) != len(values):
         raise ConfigError(f"--grid {key}: values repeat ({raw})")
@@ -100,9 +99,10 @@ def config_hash(config: dict[str, Any]) -> str:
     without the keys its method never reads (STL is the same run whatever aft.beta or the teachers)."""
     body = {k: v for k, v in config.items() if k != "out_dir"}
     method = body.get("method", {})
-    keep = ("name",) + METHOD_PARAMS.get(method.get("name", ""), tuple(method))
+    spec = registry.lookup(method.get("name", ""))  # an unknown name keeps every key
+    keep = ("name",) + (spec.params() if spec else tuple(method))
     body["method"] = {k: v for k, v in method.items() if k in keep}
-    if method.get("name") == "stl":
+    if spec is not None and not spec.needs_features:
         body["data"] = {k: v for k, v in body.get("data", {}).items() if k not in FEATURE_DATA_KEYS}
     # how batches are made never changes what a run computes; the default filter keeps older hashes
     body["data"] = {k: v for k, v in body.get("data", {}).items() if k not in PIPELINE_DATA_KEYS}

@@ -26,9 +26,10 @@ from featcache.cache_tools import FeatureCache
 from featcache.plumbing.config import load_config, to_dict
 
 from .checkpoint import write_json_atomic
-from .config import Method, TrainConfig
+from .config import TrainConfig
 from .data import FeatureBank, build_splits
 from .loop import run
+from .methods import registry
 from .probe import fit_linear_probe, probe_accuracy
 
 Log = Callable[[str], None]
@@ -43,7 +44,7 @@ class ToktOptions:
     random_transfer_store: str = "stores/fashion_mnist/transfer_random.zarr"  # same size, random (--random)
     temperature: float = 2.0
     pretrain_epochs: int = 10
-    finetune_method: Method = "stl"
+    finetune_method: registry.MethodName = "stl"  # any registered method
     head_l2: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)  # compare: one run per seed and method
     methods: tuple[str, ...] = ("stl", "aft", "task_agnostic", "tokt_random", "tokt")  # compare

@@ -87,7 +87,7 @@ def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
     from featcache.train.config import TrainConfig
     from featcache.train.data import build_splits
     from featcache.train.loop import Learner, evaluate
-    from featcache.train.losses import Method
+    from featcache.train.losses import MethodLoss
     from featcache.train.students import StudentSpec, build_student
 
     fake = _FakeGPUs(monkeypatch)
@@ -98,7 +98,7 @@ def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
     cfg = load_config(TrainConfig, data={"data": {"store": train, "test_store": test}, "student": {"image_size": 28,
                                                                                                   "width": 16}})
     splits, classes = build_splits(cfg.data, cfg.student)
-    learner = Learner(build_student(StudentSpec("small_cnn", classes, 28, 0, 0, 16)), Method())
+    learner = Learner(build_student(StudentSpec("small_cnn", classes, 28, 0, 0, 16)), MethodLoss())
     evaluate(learner, splits["val"], classes, torch.device("cpu"), d)
     distributed.all_sum(torch.tensor([3]))  # extraction's rows_done
     backends = dict(part.split(":") for part in distributed.backend_for(True).split(","))
