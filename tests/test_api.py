@@ -22,6 +22,7 @@ from featcache.train.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "python-api.md")
+README = os.path.join(ROOT, "README.md")
 
 
 def python_blocks(path: str) -> list[str]:
@@ -93,14 +94,17 @@ def demo_dir(tmp_path_factory):
 
 
 def test_every_snippet_of_the_python_api_doc_runs(demo_dir, monkeypatch):
-    blocks = python_blocks(DOC)
-    assert len(blocks) >= 5
+    """The README's snippet first, then the page's, top to bottom in one namespace (the second
+    extraction finds the store complete and resumes it: nothing left to do)."""
+    blocks = [(README, b) for b in python_blocks(README)] + [(DOC, b) for b in python_blocks(DOC)]
+    assert len(blocks) >= 6
     monkeypatch.chdir(demo_dir)
     ns: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"{DOC} (python block {i + 1})", "exec"), ns)
+    for i, (page, block) in enumerate(blocks):
+        exec(compile(block, f"{page} (python block {i + 1})", "exec"), ns)
     summary, result, table = ns["summary"], ns["result"], ns["table"]
     assert (summary.rows, summary.valid_rows, summary.teachers, summary.complete) == (500, 500, {"tiny": 256}, True)
+    assert summary.rows_done == 0  # the README's call extracted them
     with pytest.raises(dataclasses.FrozenInstanceError):
         summary.rows = 1
     assert result.method == "aft" and result.results["config"]["method"]["beta"] == 1.0
