@@ -182,3 +182,14 @@ def test_every_config_key_of_both_stages_is_documented():
     named = set(re.findall(r"`\[*([\w.]+)\]*`", doc))  # `key`, `[section]`, `[[teachers]]`
     missing = [k for cls in (ExtractConfig, TrainConfig) for k in _keys(cls) if k.rsplit(".", 1)[-1] not in named]
     assert not missing, f"docs/configuration.md does not name: {missing}"
+
+
+def test_docs_cli_names_every_flag_of_every_command():
+    doc = _text(os.path.join(ROOT, "docs", "cli.md"))
+    missing = []
+    for command, (_, subs) in SUBCOMMANDS.items():
+        for sub in [None, *sorted(subs)] if command != "featcache-cache" else sorted(subs):
+            for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", _help(command, sub))) - {"--help"}:
+                if not re.search(re.escape(flag) + r"(?![\w-])", doc):
+                    missing.append(f"{command} {sub or ''} {flag}")
+    assert not missing, "docs/cli.md does not name:\n" + "\n".join(sorted(missing))
