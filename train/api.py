@@ -6,8 +6,9 @@
 
 Configs are built by the CLI's own path (``load_config`` with ``--set`` lines), so a
 wrong key fails the same way; the engines are the CLI's (``loop.run``, ``run_sweep``,
-``compare.summarize_runs``). This module imports no torch at the top, so importing
-``featcache.train`` stays light and never touches the pipeline or teacher code.
+``compare.summarize_runs``). This module imports only plumbing at the top, so importing
+``featcache.train`` stays light (no torch, not even the config schema) and never touches the
+pipeline or teacher code.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from featcache.plumbing.api import as_overrides, progress_bars, toml_value
 from featcache.plumbing.config import ConfigError, load_config
 
-from .config import TrainConfig
+if TYPE_CHECKING:  # the schema (and whatever it imports) loads when a call needs it
+    from .config import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -106,6 +108,8 @@ class SweepResult:
 
 def train_config(config: str | None = None, **overrides: Any) -> TrainConfig:
     """The resolved config a call of ``train`` with these arguments would run."""
+    from .config import TrainConfig
+
     return load_config(TrainConfig, config, as_overrides(overrides))
 
 
