@@ -19,12 +19,14 @@ from .config import ConfigError
 
 def toml_value(value: Any, key: str) -> str:
     """``value`` as the TOML text ``parse_override`` reads back to the same value."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalars and arrays
+        value = value.tolist()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan are TOML too
+        return repr(float(value)) if math.isfinite(value) else str(value)  # inf, -inf, nan are TOML too
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # its escapes are TOML's basic-string escapes
     if isinstance(value, (list, tuple)):

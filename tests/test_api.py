@@ -136,6 +136,8 @@ def test_keyword_tables_become_the_set_lines_of_the_command():
     assert cfg == load_config(TrainConfig, None, [
         "out_dir='''runs/\"q\" é\n'''", "seed=3", "amp=false", 'data.teachers=["a","b"]', "data.max_ram_gb=1e-7",
         "data.storage.client_kwargs.region_name=eu", "optim.lr=0.5", "optim.grad_clip=inf"])
+    numpy = train_config(None, seed=np.int64(2), optim={"lr": np.float64(0.1)}, data={"teachers": np.array(["a"])})
+    assert (numpy.seed, numpy.optim.lr, numpy.data.teachers) == (2, 0.1, ("a",))  # e.g. a beta from np.linspace
     teachers = [{"name": "t1", "kind": "hf", "model": "m", "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]}]
     ecfg = extract_config(None, teachers=teachers, views=2)
     assert ecfg.views == 2 and ecfg.teachers[0].name == "t1" and ecfg.teachers[0].std == (1.0, 1.0, 1.0)
