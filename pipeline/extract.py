@@ -37,8 +37,10 @@ class ExtractError(CacheError):
     """The run cannot go on (too many undecodable inputs, inputs changed under a resume)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Summary:
+    """What one extraction run did; ``featcache-extract`` prints it, the Python API returns it."""
+
     path: str
     rows: int
     valid_rows: int

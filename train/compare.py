@@ -162,7 +162,11 @@ def stl_baseline(row: Row, rows: list[Row], shared: list[str]) -> Row | None:
 
 def summarize(root: str) -> list[dict[str, Any]]:
     """The table as plain records (what --csv writes and the tests check)."""
-    runs = load_runs(root)
+    return summarize_runs(load_runs(root), root)
+
+
+def summarize_runs(runs: list[Run], root: str) -> list[dict[str, Any]]:
+    """``summarize`` over runs gathered from anywhere; ``root`` is where their paths are relative to."""
     shared, per_method = grouping_keys(runs, root)
     rows = group(runs, shared, per_method)
     out = []
@@ -223,4 +227,4 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["summarize", "markdown", "write_csv", "plot", "load_runs", "group"]
+__all__ = ["summarize", "summarize_runs", "markdown", "write_csv", "plot", "load_runs", "group"]

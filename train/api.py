@@ -1,0 +1,178 @@
+"""Stage 2 from Python: what ``featcache-train``, ``sweep`` and ``compare`` do, returning plain objects.
+
+    from featcache.train import train, compare_runs
+    result = train("configs/demo_train.toml", method={"name": "aft", "beta": 1.0})
+    print(result.test_accuracy, result.checkpoint_path)
+
+Configs are built by the CLI's own path (``load_config`` with ``--set`` lines), so a
+wrong key fails the same way; the engines are the CLI's (``loop.run``, ``run_sweep``,
+``compare.summarize_runs``). This module imports only plumbing at the top, so importing
+``featcache.train`` stays light (no torch, not even the config schema) and never touches the
+pipeline or teacher code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from featcache.plumbing.api import as_overrides, progress_bars, toml_value
+from featcache.plumbing.config import ConfigError, load_config
+
+if TYPE_CHECKING:  # the schema (and whatever it imports) loads when a call needs it
+    from .config import TrainConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """One finished run: where it is, what it scored (``results`` is its results.json)."""
+
+    out_dir: str
+    method: str
+    test_accuracy: float | None
+    val_accuracy: float | None
+    wall_seconds: float
+    results: dict[str, Any]  # everything results.json holds: per-class accuracy, losses, config, fingerprints
+    history: tuple[dict[str, Any], ...]  # metrics.jsonl: one record per epoch (losses, val accuracy, lr, rows/s)
+
+    @property
+    def results_path(self) -> str:
+        return os.path.join(self.out_dir, "results.json")
+
+    @property
+    def checkpoint_path(self) -> str:
+        """Written every epoch; what ``resume=True`` continues from."""
+        return os.path.join(self.out_dir, "checkpoint.pt")
+
+    @property
+    def student_path(self) -> str:
+        """The trained student's weights: ``{"model": state_dict}``."""
+        return os.path.join(self.out_dir, "student.pt")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.out_dir, "metrics.jsonl")
+
+    @property
+    def config_path(self) -> str:
+        """The resolved config as JSON (storage options left out)."""
+        return os.path.join(self.out_dir, "config.json")
+
+    @classmethod
+    def from_results(cls, out_dir: str, results: Mapping[str, Any]) -> "TrainResult":
+        history: tuple[dict[str, Any], ...] = ()
+        metrics = os.path.join(out_dir, "metrics.jsonl")
+        if os.path.exists(metrics):
+            with open(metrics) as fh:
+                history = tuple(json.loads(line) for line in fh if line.strip())
+        return cls(out_dir, results.get("variant") or results["method"], results.get("test_accuracy"),
+                   results.get("val_accuracy"), float(results.get("wall_seconds", 0.0)), dict(results), history)
+
+    @classmethod
+    def load(cls, out_dir: str) -> "TrainResult":
+        """A finished run directory (one holding results.json), e.g. one of a sweep's."""
+        path = os.path.join(out_dir, "results.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: not a finished run (no results.json)")
+        with open(path) as fh:
+            return cls.from_results(out_dir, json.load(fh))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``compare_runs``' table: one plain dict per row (the CSV's fields plus ``seed_list`` and
+    ``runs``) and the markdown text ``featcache-train compare`` prints."""
+
+    root: str
+    rows: tuple[dict[str, Any], ...]
+    table: str
+
+    def __str__(self) -> str:
+        return self.table
+
+    def _repr_markdown_(self) -> str:  # Jupyter renders the table
+        return self.table
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    root: str  # the runs directory: compare_runs(root) makes the table
+    runs: int  # distinct runs the grid resolves to
+    ran: int  # run (or resumed) by this call; finished ones are skipped
+    failed: tuple[str, ...]  # run names whose train.log holds the error
+
+
+def train_config(config: str | None = None, **overrides: Any) -> TrainConfig:
+    """The resolved config a call of ``train`` with these arguments would run."""
+    from .config import TrainConfig
+
+    return load_config(TrainConfig, config, as_overrides(overrides))
+
+
+def train(config: str | None = None, *, resume: bool = False, progress: bool | None = None, log: Log = print,
+          **overrides: Any) -> TrainResult:
+    """Train one student on the stores ``config`` names (a TOML path; None = the defaults).
+
+    ``overrides`` are config sections as keyword tables (``method={"name": "aft", "beta": 1.0}``,
+    ``optim={"epochs": 3}``, ``data={"storage": {"profile": "team"}}``) or top-level keys
+    (``seed=1``, ``out_dir="runs/x"``). ``resume`` is ``--resume``. ``progress``: True draws the
+    epoch bars where stderr is no terminal (Jupyter), False hides them, None shows them on a
+    terminal only, like the command.
+    """
+    cfg = train_config(config, **overrides)
+    from .loop import run
+
+    with progress_bars(progress):
+        results = run(cfg, resume=resume, log=log)
+    return TrainResult.from_results(results["config"]["out_dir"], results)
+
+
+def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: str | None = None,
+                 plot: str | None = None, title: str = "") -> Comparison:
+    """The ``featcache-train compare`` table over ``runs``: a sweep's directory, any directory of
+    run directories, or a list of them (run directories or directories of runs)."""
+    from .compare import load_runs, markdown, summarize_runs, write_csv
+    from .compare import plot as plot_table
+
+    dirs = [os.fspath(runs)] if isinstance(runs, (str, os.PathLike)) else [os.fspath(r) for r in runs]
+    if not dirs:
+        raise ConfigError("compare_runs: name at least one runs directory")
+    root = dirs[0] if len(dirs) == 1 else os.path.commonpath([os.path.abspath(d) for d in dirs])
+    found = {os.path.abspath(r.path): r for d in dirs for r in load_runs(d)}  # a run named twice counts once
+    rows = summarize_runs(list(found.values()), root)
+    if csv:
+        write_csv(rows, csv)
+    if plot:
+        plot_table(rows, plot, title=title or root)
+    return Comparison(root, tuple(rows), markdown(rows))
+
+
+def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | None = None, jobs: int = 1,
+                dry_run: bool = False, log: Log = print, **overrides: Any) -> SweepResult:
+    """``featcache-train sweep``: every combination of ``grid`` on one cache, one run directory each.
+
+    ``grid`` maps a key to its values as ``--grid`` does: ``{"method": ["stl", "aft"], "seed": [0, 1, 2],
+    "aft.beta": [0.1, 1.0], "data.teachers": [["a"], ["a", "b"]]}``. Runs land in ``out`` (default:
+    the config's out_dir) as ``<method>-<hash>``; finished runs are skipped, interrupted ones resumed.
+    """
+    from .sweep import run_sweep
+
+    if not isinstance(config, (str, os.PathLike)):
+        raise ConfigError("train_sweep: give the config file (a sweep records its path)")
+    if not grid:
+        raise ConfigError("train_sweep: give at least one grid key, e.g. grid={'method': ['stl', 'aft']}")
+    if jobs < 1:
+        raise ConfigError("jobs: must be >= 1")
+    lines = []
+    for key, values in grid.items():
+        values = [values] if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) else values
+        lines.append(f"{key}=" + ",".join(toml_value(v, key) for v in values))
+    res = run_sweep(os.fspath(config), as_overrides(overrides), lines, jobs=jobs, root=out, dry_run=dry_run, log=log)
+    return SweepResult(res["root"], res["runs"], res["ran"], tuple(res["failed"]))
+
+
+__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "train", "train_config", "train_sweep"]
