@@ -159,17 +159,23 @@ class ParquetRows:
 
 
 def parquet(root: str, image_column: str = "image", path_column: str = "", text_column: str = "",
-            label_column: str = "label", id_column: str = "", max_image_pixels: int = 0) -> Source:
-    """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export.
-    Only the id and label columns are read at open; ``load(i)`` reads the row group holding row i."""
+            label_column: str = "label", id_column: str = "", max_image_pixels: int = 0, *,
+            storage_options: Mapping[str, Any] | None = None) -> Source:
+    """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export,
+    local or behind an fsspec URL. Only the id and label columns are read at open; ``load(i)`` reads
+    the row group holding row i. ``storage_options`` are never recorded."""
+    root = normalise(root)
+    opener = Files(storage_options)
     try:
-        files = parquet_files(root)
+        files = parquet_files(root, opener)
     except FileNotFoundError as exc:
         raise SourceError(str(exc)) from None
+    except OSError as exc:  # a listing refused (credentials, endpoint): the user's to fix
+        raise SourceError(f"{root}: cannot list ({clean_reason(exc)})") from None
     if not files:
         raise SourceError(f"{root}: no .parquet files found")
     try:
-        rows = ParquetRows(files)
+        rows = ParquetRows(files, opener=opener)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for an unreadable file
         raise SourceError(f"{root}: cannot read Parquet ({clean_reason(exc)})") from exc
     schema = rows.files[0].schema_arrow
