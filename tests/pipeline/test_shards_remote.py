@@ -172,7 +172,7 @@ def test_cached_inputs_train_with_the_shards_gone(s3, bucket_data, tmp_path, tim
     capsys.readouterr()
     fs.rm(prefix, recursive=True)
     said = []
-    res = run(train_config(tmp_path / "run", s.path, s3, cached_inputs="require"), log=said.append)
+    res = run(train_config(tmp_path / "run", s.path, s3), log=said.append)  # data.cached_inputs = "auto"
     assert res["epochs"] == 1 and not any("decoded from the raw inputs" in m for m in said)
     storage.reset()
     with pytest.raises(SourceError) as info:
