@@ -8,6 +8,9 @@ Zarr store (partitions, checksums, markers). Goal (issue 3): (b)/(a) <= 1.10.
 Then two teachers in one pass against two single-teacher runs (goal < 1.0).
 Then the same PNGs as WebDataset tar shards and as a Parquet file (issue 15): featcache-extract
 rows/s from each against the image folder, same teacher, in the same run (goal: >= 0.9x).
+Then (when moto and s3fs are installed) the same shards and Parquet file on a loopback S3 server
+(moto, in another process): rows/s against the local shards, and what reopening the shards costs
+(requests, seconds) when every shard's headers are walked against the index a store keeps.
 Inputs are real Fashion-MNIST images written as PNG files (an image folder), so
 decoding costs what it costs on real data. Saves JSON under benchmarks/results/.
 """
@@ -80,6 +83,51 @@ def write_shards(root: str, out: str, per_shard: int = 500) -> str:
     return os.path.join(out, f"train-{{000000..{last:06d}}}.tar")
 
 
+def remote_rows(root: str, tmp: str, pattern: str, local_wds_s: float) -> dict:
+    """The shards and the Parquet file behind s3:// URLs on a moto server (another process)."""
+    try:
+        import s3fs
+        from bench_remote import start_server  # benchmarks/bench_remote.py
+    except ImportError:
+        return {}
+    from featcache.cache_tools import FeatureCache
+    from featcache.plumbing import storage
+    from featcache.rawdata import source_of, webdataset
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)  # the loopback server takes any key
+    proc, endpoint = start_server()
+    try:
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+        fs.mkdir("bench-extract")
+        folder = os.path.dirname(pattern)
+        for name in sorted(os.listdir(folder)):
+            fs.put(os.path.join(folder, name), f"bench-extract/{name}")
+        opts = {"endpoint_url": endpoint}
+        url = f"s3://bench-extract/{os.path.basename(pattern)}"
+        store = os.path.join(tmp, "s3wds.zarr")
+        wds = min(full_path(root, [EFFNET], store, {"kind": "webdataset", "root": url, "storage": opts})
+                  for _ in range(2))
+        pqt = min(full_path(root, [EFFNET], os.path.join(tmp, "s3pq.zarr"),
+                            {"kind": "parquet", "root": "s3://bench-extract/train.parquet", "storage": opts})
+                  for _ in range(2))
+        t0 = time.perf_counter()
+        walked = webdataset(url, storage_options=opts)
+        walk_s = time.perf_counter() - t0
+        storage.set_options(opts)
+        with FeatureCache.open(store) as cache:
+            t0 = time.perf_counter()
+            reopened = source_of(cache)
+            reopen_s = time.perf_counter() - t0
+        storage.reset()
+    finally:
+        proc.terminate()
+    return {"s3_webdataset_s": wds, "s3_parquet_s": pqt, "s3_webdataset_rows_per_s_over_local_shards": local_wds_s / wds,
+            "s3_open_walk_requests": walked.files.requests, "s3_open_walk_s": walk_s,
+            "s3_reopen_from_index_requests": reopened.files.requests, "s3_reopen_from_index_s": reopen_s}
+
+
 def full_path(root: str, teacher_cfgs: list[dict], store: str, source: dict | None = None) -> float:
     source = source or {"kind": "image_folder", "root": root}
     cfg = load_config(ExtractConfig, data={"source": source, "teachers": teacher_cfgs,
@@ -110,13 +158,14 @@ def main() -> None:
         pqt = min(full_path(root, [EFFNET], os.path.join(tmp, "pq.zarr"),
                             {"kind": "parquet", "root": os.path.join(tmp, "shards", "train.parquet")})
                   for _ in range(2))
+        remote = remote_rows(root, tmp, pattern, wds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {"rows": args.rows, "batch": BATCH, "threads": torch.get_num_threads(), "featcache": created_by(),
            "at": utc_now(), "hand_loop_s": a, "featcache_extract_s": b, "extract_over_hand": b / a,
            "rows_per_s": {"effnet_lite0@112": args.rows / b}, "two_separate_s": sep, "two_in_one_pass_s": both,
            "one_pass_over_separate": both / sep, "webdataset_s": wds, "parquet_s": pqt,
-           "webdataset_rows_per_s_over_folder": b / wds, "parquet_rows_per_s_over_folder": b / pqt}
+           "webdataset_rows_per_s_over_folder": b / wds, "parquet_rows_per_s_over_folder": b / pqt, **remote}
     res["goals"] = {"extract_over_hand<=1.10": res["extract_over_hand"] <= 1.10,
                     "one_pass_over_separate<1.0": res["one_pass_over_separate"] < 1.0,
                     "webdataset_over_folder>=0.9": b / wds >= 0.9, "parquet_over_folder>=0.9": b / pqt >= 0.9}
@@ -125,6 +174,13 @@ def main() -> None:
     print(f"two teachers: separate {sep:7.2f} s, one pass {both:7.2f} s   ratio {both / sep:.3f}x (goal < 1.0)")
     print(f"webdataset shards    {wds:7.2f} s  ({args.rows / wds:,.0f} rows/s)   {b / wds:.3f}x the folder's rows/s")
     print(f"parquet              {pqt:7.2f} s  ({args.rows / pqt:,.0f} rows/s)   {b / pqt:.3f}x the folder's rows/s")
+    if remote:
+        print(f"s3:// shards         {remote['s3_webdataset_s']:7.2f} s  ({args.rows / remote['s3_webdataset_s']:,.0f} "
+              f"rows/s)   {remote['s3_webdataset_rows_per_s_over_local_shards']:.3f}x the local shards' rows/s")
+        print(f"s3:// parquet        {remote['s3_parquet_s']:7.2f} s  ({args.rows / remote['s3_parquet_s']:,.0f} rows/s)")
+        print(f"s3:// open: walk every header {remote['s3_open_walk_requests']} requests "
+              f"{remote['s3_open_walk_s']:.2f} s; from the store's index {remote['s3_reopen_from_index_requests']} "
+              f"requests {remote['s3_reopen_from_index_s']:.2f} s")
     save(args.out, res)
 
 

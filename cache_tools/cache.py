@@ -13,6 +13,10 @@ Layout (one store = one dataset split)::
     /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
     /inputs/<name>             attrs["featcache_inputs"]: fingerprint, spec, array names
     /inputs/<name>/<array>     (N, ...) a student's inputs (pixels: (N,K,H,W,C) or (N,H,W,C) uint8)
+    /source                    attrs["featcache_source_index"]: node, sha256, bytes, kind, shards
+    /source/index-<sha>  (B,)  uint8   the source's reopen index (webdataset: per shard its size,
+                               member offsets, fingerprint, labels) as zlib'd JSON, so a reopen
+                               skips walking every shard's headers
     done markers "<part>/<partition>" (part: _index, a teacher, or inputs/<name>) with row range, count, checksum, NaN/inf counts, written_at
 
 A partition is a chunk-aligned row range of ``partition_rows`` rows. Its data is
@@ -30,6 +34,7 @@ import math
 import os
 import re
 import time
+import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -47,6 +52,8 @@ DOC_CHECKSUMS = 1  # root meta "doc_checksums": every document of this store car
 ROOT_KEY = "featcache"
 TEACHER_KEY = "featcache_teacher"
 INPUTS_KEY = "featcache_inputs"
+SOURCE_INDEX_KEY = "featcache_source_index"
+SOURCE_GROUP = "source"
 INDEX_PART = "_index"
 DEFAULT_PARTITION_ROWS = 4096
 TARGET_CHUNK_BYTES = 4 << 20  # chunks land between 2 and 8 MiB: see DESIGN.md
@@ -116,9 +123,11 @@ class FeatureCache:
     def create(cls, target: str | os.PathLike | Store, *, sample_ids: Sequence[str], labels: Sequence[int] | None = None,
                views: int = 1, view_param_names: Sequence[str] = (), partition_rows: int = DEFAULT_PARTITION_ROWS,
                split: str | None = None, source: Mapping[str, Any] | None = None, backend: str | None = None,
-               overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> "FeatureCache":
+               overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+               source_index: Mapping[str, Any] | None = None) -> "FeatureCache":
         """A new, empty store for these rows. Root attributes are written last, so a crash
-        during creation leaves something that does not open as a featcache store."""
+        during creation leaves something that does not open as a featcache store.
+        ``source_index``: plain data the source asked to keep (``Source.reopen_index``)."""
         ids = np.asarray([str(s) for s in sample_ids], dtype=object)
         n = len(ids)
         labels_arr = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
@@ -146,6 +155,8 @@ class FeatureCache:
             store.create_array("views/params", (n, views, len(names)), "float32", partition_rows)
         for group in ("index", "views") if names else ("index",):
             store.set_attrs(group, {})  # its document gets its checksum too
+        if source_index is not None:
+            _write_source_index(store, source_index)
         meta = {
             "format_version": FORMAT_VERSION, "doc_checksums": DOC_CHECKSUMS, "rows": n, "views": views,
             "view_params": names,
@@ -164,6 +175,32 @@ class FeatureCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the source's reopen index (webdataset: the shard index) ----------------------
+    def source_index_doc(self) -> dict[str, Any] | None:
+        """The description of the stored source index (node, sha256, bytes...), or None."""
+        try:
+            if SOURCE_GROUP not in self.store.children(""):
+                return None
+            doc = self.store.get_attrs(SOURCE_GROUP).get(SOURCE_INDEX_KEY)
+        except KeyError:
+            return None
+        return dict(doc) if isinstance(doc, dict) else None
+
+    def source_index(self) -> dict[str, Any] | None:
+        """The index the source kept when this store was made, or None (none kept, or its bytes
+        fail their checksum: then the source walks its files again, and ``verify`` says why)."""
+        doc = self.source_index_doc()
+        if doc is None:
+            return None
+        try:
+            return read_source_index(self.store, doc)
+        except (ValueError, KeyError, OSError, CacheError):
+            return None
+
+    def set_source_index(self, index: Mapping[str, Any]) -> None:
+        """Keep (or replace) the source's reopen index; its description is written last."""
+        _write_source_index(self.store, index)
 
     # -- shape of the store ---------------------------------------------------------
     @property
@@ -506,7 +543,33 @@ class FeatureCache:
             "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
             "inputs": {n: {**self.inputs_info(n), "partitions_done": len(self.inputs_done(n))} for n in self.inputs},
             **{k: self.meta[k] for k in ("retrieval", "subset_of") if k in self.meta},
+            **({"source_index": doc} if (doc := self.source_index_doc()) else {}),
         }
+
+
+def _write_source_index(store: Store, index: Mapping[str, Any]) -> None:
+    """The index as zlib'd JSON in a uint8 array named by its hash (a replaced index never
+    overwrites the bytes the current description points at), then the description."""
+    data = zlib.compress(json.dumps(index, sort_keys=True, separators=(",", ":")).encode(), 6)
+    sha = hashlib.sha256(data).hexdigest()
+    node = f"{SOURCE_GROUP}/index-{sha[:16]}"
+    if SOURCE_GROUP not in store.children("") or node.split("/")[1] not in store.children(SOURCE_GROUP):
+        store.create_array(node, (len(data),), "uint8", max(1, min(len(data), TARGET_CHUNK_BYTES)))
+        store.write(node, 0, np.frombuffer(data, np.uint8))
+    shards = index.get("shards")
+    store.set_attrs(SOURCE_GROUP, {SOURCE_INDEX_KEY: {
+        "node": node, "sha256": sha, "bytes": len(data), "kind": index.get("kind"),
+        "shards": len(shards) if isinstance(shards, Mapping) else None, "written_at": provenance.utc_now()}})
+
+
+def read_source_index(store: Store, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored index; ValueError when its bytes are not the ones described."""
+    data = np.asarray(store.read(str(doc["node"]), 0, int(doc["bytes"])), np.uint8).tobytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != doc.get("sha256"):
+        raise ValueError("%s: bytes changed since written (sha256 %s, now %s)"
+                         % (doc["node"], *short_pair(doc.get("sha256"), found)))
+    return json.loads(zlib.decompress(data))
 
 
 def inputs_checksum(arrays: Mapping[str, np.ndarray]) -> str:

@@ -1,6 +1,7 @@
 """Check a store end to end: every metadata document against its own checksum, each teacher's
-fingerprint against its recorded spec, every done marker against the rows it describes, and
-every partition's bytes against its marker. Each problem is one line naming what is wrong."""
+fingerprint against its recorded spec, the stored shard index against its checksum and the shard
+fingerprints, every done marker against the rows it describes, and every partition's bytes
+against its marker. Each problem is one line naming what is wrong."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featcache.rawdata.identity import dataset_fingerprint
+from featcache.rawdata.tar_shards import members_fingerprint
 
-from .cache import INDEX_PART, INPUTS_KEY, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite, inputs_checksum
+from .cache import (INDEX_PART, INPUTS_KEY, SOURCE_GROUP, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite,
+                    inputs_checksum, read_source_index)
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import array_checksum, fingerprint, short_pair
 from .locate import open_backend
@@ -202,6 +205,47 @@ def _check_teachers(cache: FeatureCache, teachers: list[str], damaged: set[str],
                                    f"hash of its recorded spec ({found[:12]})")
 
 
+def _recorded_fingerprints(source: dict[str, Any]) -> dict[str, str] | None:
+    """The shard fingerprints the source description records (a subset's: its parent's)."""
+    while source.get("kind") == "subset":
+        source = dict(source.get("parent") or {})
+    found = source.get("fingerprints")
+    return dict(found) if isinstance(found, dict) else None
+
+
+def _check_source_index(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> None:
+    """The stored shard index: its bytes against their sha256, and each shard's members against
+    the fingerprint the source description records (so a reopen can trust its offsets)."""
+    if SOURCE_GROUP in damaged:
+        return
+    try:
+        doc = cache.source_index_doc()
+        if doc is None:
+            return
+        if str(doc.get("node")) in damaged:
+            return
+        index = read_source_index(cache.store, doc)
+    except Exception as exc:  # noqa: BLE001 - damaged bytes are a finding
+        report.problems.append(f"source index: unreadable ({_why(exc, cache.path)})")
+        return
+    report.documents_checked += 1
+    if index.get("kind") != "webdataset":
+        return
+    recorded = _recorded_fingerprints(cache.source)
+    shards = index.get("shards") or {}
+    for name, shard in sorted(shards.items()):
+        found = members_fingerprint(shard.get("members") or [])
+        if found != shard.get("fingerprint"):
+            report.problems.append(f"source index: shard {name}: its members hash to {found[:12]}, not the "
+                                   f"fingerprint it records ({str(shard.get('fingerprint'))[:12]})")
+        elif recorded is not None and recorded.get(name) != found:
+            report.problems.append(f"source index: shard {name}: fingerprint {found[:12]} is not the one the "
+                                   f"source description records ({str(recorded.get(name))[:12]})")
+    if recorded is not None and set(recorded) != set(shards):
+        report.problems.append(f"source index: lists {len(shards)} shards, the source description "
+                               f"{len(recorded)}")
+
+
 def verify(cache: FeatureCache) -> VerifyReport:
     report = VerifyReport(cache.path)
     damaged = _check_documents(cache.store, cache.has_doc_checksums, report)
@@ -211,6 +255,7 @@ def verify(cache: FeatureCache) -> VerifyReport:
         report.problems.append(f"teachers: do not list ({_why(exc, cache.path)})")
         teachers = []
     _check_teachers(cache, teachers, damaged, report)
+    _check_source_index(cache, damaged, report)
     if not {"", "index", "index/sample_id", "index/label"} & damaged:
         try:
             found = dataset_fingerprint(cache.sample_ids, cache.labels)

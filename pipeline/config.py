@@ -14,7 +14,8 @@ class SourceConfig:
                   "webdataset"] = "fashion_mnist"
     root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package;
     # parquet: a .parquet file, a glob, a folder of them (or of save_to_disk .arrow files);
-    # webdataset: tar shards, a brace pattern (a-{000..009}.tar)
+    # webdataset: tar shards, a brace pattern (a-{000..009}.tar); both: a local path or an fsspec URL
+    # (s3://bucket/train-{000000..000099}.tar, gs://, az://, ...)
     shards: tuple[str, ...] = ()  # webdataset: a list of shards or patterns instead of root
     path: str = ""  # manifest file (kind = "manifest")
     split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
@@ -30,6 +31,10 @@ class SourceConfig:
     extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")  # webdataset: image member, first present
     label_field: str = ""  # webdataset: label from this field of the .json member ("" = the .cls member)
     modality: Literal["image", "text"] = "image"  # webdataset: text reads the .txt member
+    # [source.storage]: fsspec options for s3:// gs:// az:// shards and Parquet files (endpoint_url,
+    # profile, anon, key, secret, ...), over [output.storage]; never saved anywhere. --storage-option
+    # KEY=VALUE overrides both. Stage 2 reopens the source with [data.storage] / --storage-option.
+    storage: dict[str, Any] = storage_field()
 
     def validate(self) -> list[str]:
         import codecs

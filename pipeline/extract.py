@@ -56,7 +56,13 @@ class Summary:
         return self.rows_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def open_source_config(cfg: SourceConfig) -> Source:
+def source_options(cfg: SourceConfig) -> dict[str, Any]:
+    """fsspec options of the source's files: [output.storage] < [source.storage] < --storage-option."""
+    return {**cfg.storage, **storage.snapshot()["flags"]}
+
+
+def open_source_config(cfg: SourceConfig, index: dict[str, Any] | None = None) -> Source:
+    """The configured source; ``index`` is what a store kept from opening it before (a resume)."""
     kw: dict[str, Any] = {}
     root = resolve_path(cfg.root)  # pkg:package/dir -> the folder inside the installed package
     if cfg.kind == "fashion_mnist":
@@ -71,13 +77,13 @@ def open_source_config(cfg: SourceConfig) -> Source:
             raise ValueError("source.root: a parquet source needs a .parquet file or a folder of them")
         kw = {"root": root, "image_column": cfg.image_column, "path_column": cfg.path_column,
               "text_column": cfg.text_column, "label_column": cfg.label_column, "id_column": cfg.id_column,
-              "max_image_pixels": cfg.max_image_pixels}
+              "max_image_pixels": cfg.max_image_pixels, "storage_options": source_options(cfg)}
     elif cfg.kind == "webdataset":
         if not (root or cfg.shards):
             raise ValueError("source.root: a webdataset source needs its shards (a brace pattern, or source.shards)")
         kw = {"root": [resolve_path(s) for s in cfg.shards] if cfg.shards else root, "max_image_pixels":
               cfg.max_image_pixels, "extensions": list(cfg.extensions), "label_field": cfg.label_field,
-              "modality": cfg.modality}
+              "modality": cfg.modality, "storage_options": source_options(cfg), "index": index}
     else:
         if not root:
             raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
@@ -133,10 +139,25 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
             if cache.views != cfg.views:
                 raise FingerprintMismatch(f"{out.store}: holds {cache.views} views per row, this config "
                                           f"asks for {cfg.views}")
+            if source.reopen_index is not None and cache.source_index() != source.reopen_index:
+                cache.set_source_index(source.reopen_index)  # a store made before shard indexes, or a shard re-walked
             return cache
     return FeatureCache.create(out.store, sample_ids=source.sample_ids, labels=source.labels, views=cfg.views,
                                view_param_names=names, partition_rows=out.partition_rows, split=cfg.source.split,
-                               source=source.describe(), backend=backend, overwrite=True)
+                               source=source.describe(), source_index=source.reopen_index, backend=backend,
+                               overwrite=True)
+
+
+def stored_index(cfg: ExtractConfig) -> dict[str, Any] | None:
+    """The source index an existing output store kept (a resume): spares walking every shard again."""
+    out = cfg.output
+    if out.overwrite or cfg.source.kind != "webdataset" or not storage.exists(out.store):
+        return None
+    try:
+        with FeatureCache.open(out.store, backend=None if out.backend == "auto" else out.backend) as cache:
+            return cache.source_index()
+    except (CacheError, KeyError, OSError, ValueError):
+        return None  # not a store yet (or not one of ours): _open_or_create says so
 
 
 def _recheck_last_written(cache: FeatureCache, log) -> None:
@@ -275,7 +296,7 @@ def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> 
 
 
 def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
-    source = open_source_config(cfg.source)
+    source = open_source_config(cfg.source, stored_index(cfg))
     if source.modality == "text" and cfg.views > 1:
         raise ValueError("views: recorded views are image crops; text sources take views = 1")
     device = best_device(cfg.device)

@@ -15,16 +15,17 @@ from .source import Source, SourceError, head
 from .webdataset_shards import webdataset
 
 
-def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, keep_labels: bool = False) -> Source:
+def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, keep_labels: bool = False,
+           index: dict[str, Any] | None = None) -> Source:
     """Some rows of another source: a labeled subset, or (labels hidden) a transfer set from a pool."""
-    base = open_source(parent, root)
+    base = open_source(parent, root, index)
     idx = np.asarray(rows, dtype=np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(base)):
         raise SourceError(f"subset rows out of range for a source of {len(base)} rows")
     labels = base.labels[idx] if keep_labels else np.full(len(idx), -1, np.int64)
     params = {"parent": parent, "rows": idx.tolist(), **({"keep_labels": True} if keep_labels else {})}
     return Source("subset", base.modality, [base.sample_ids[i] for i in idx], labels, base.classes, params,
-                  lambda i: base.load(int(idx[i])))
+                  lambda i: base.load(int(idx[i])), base.reopen_index)
 
 
 KINDS: dict[str, Callable[..., Source]] = {
@@ -34,8 +35,9 @@ KINDS: dict[str, Callable[..., Source]] = {
 }
 
 
-def open_source(description: dict[str, Any], root: str | None = None) -> Source:
-    """Reopen a source from what a store recorded; ``root`` relocates its files."""
+def open_source(description: dict[str, Any], root: str | None = None, index: dict[str, Any] | None = None) -> Source:
+    """Reopen a source from what a store recorded; ``root`` relocates its files; ``index`` is the
+    plain data the store kept beside the description (``Source.reopen_index``), or None."""
     desc = dict(description)
     kind = desc.pop("kind", None)
     if kind not in KINDS:
@@ -52,9 +54,11 @@ def open_source(description: dict[str, Any], root: str | None = None) -> Source:
     elif root:
         desc["root"] = root
     if kind == "subset":
-        return subset(desc["parent"], desc["rows"], root, bool(desc.get("keep_labels", False)))
+        return subset(desc["parent"], desc["rows"], root, bool(desc.get("keep_labels", False)), index)
     if kind == "manifest" and root:
         desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
+    if kind == "webdataset" and index and index.get("kind") == "webdataset":
+        desc["index"] = index
     try:
         source = KINDS[kind](**desc)
     except TypeError as exc:

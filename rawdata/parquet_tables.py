@@ -8,19 +8,23 @@ import bisect
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from .decode import InputError, check_text, clean_reason, decode_image, image_params, read_image_file
+from .remote_files import Files, is_url, join, normalise
 from .source import Source, SourceError, named_labels
 
 
-def parquet_files(root: str) -> list[str]:
+def parquet_files(root: str, files: Files | None = None) -> list[str]:
     """A file, a glob (``data/train-*.parquet``), or a folder of .parquet files (or of the .arrow
-    files of a Hugging Face ``save_to_disk``), read recursively; always in sorted order."""
+    files of a Hugging Face ``save_to_disk``), read recursively; always in sorted order. ``root``
+    may be an fsspec URL (one listing of the folder or glob)."""
     import glob
 
+    if is_url(root):
+        return _remote_files(root, files or Files())
     if any(c in root for c in "*?["):
         return sorted(glob.glob(root, recursive=True))
     if os.path.isfile(root):
@@ -30,6 +34,20 @@ def parquet_files(root: str) -> list[str]:
     found = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
     parquet = [f for f in found if f.endswith(".parquet")]
     return parquet or [f for f in found if f.endswith(".arrow")]
+
+
+def _remote_files(root: str, files: Files) -> list[str]:
+    fs, inner = files.fs(root)
+    if any(c in inner for c in "*?["):
+        found = fs.glob(inner)
+    elif fs.isfile(inner):
+        found = [inner]
+    elif fs.isdir(inner):
+        found = [f for f in fs.find(inner) if f.endswith((".parquet", ".arrow"))]
+        found = [f for f in found if f.endswith(".parquet")] or found
+    else:
+        raise FileNotFoundError(f"{root}: Parquet file or folder not found")
+    return sorted(fs.unstrip_protocol(f) for f in found)
 
 
 class _ArrowStream:
@@ -59,6 +77,18 @@ class _ArrowStream:
         return self.batches[g].select(columns)
 
 
+def _open_table(path: str, opener: Files) -> Any:
+    """A ParquetFile (over an fsspec file for a URL: each column chunk one ranged read), or an .arrow file."""
+    import pyarrow.parquet as pq
+
+    if path.endswith(".arrow"):
+        if is_url(path):
+            raise ValueError(f"{path}: save_to_disk .arrow files are read memory-mapped from a local disk; copy "
+                             "them there, or export Parquet (Dataset.to_parquet)")
+        return _ArrowStream(path)
+    return pq.ParquetFile(opener.open(path, cache_type="none") if is_url(path) else path)
+
+
 def hf_class_names(schema: Any, column: str) -> list[str]:
     """Class names a Hugging Face dataset recorded for a ClassLabel column (schema metadata), or []."""
     import json
@@ -76,10 +106,8 @@ class ParquetRows:
     """Row ``i`` of a list of Parquet files, read one row group at a time with a small LRU, so
     memory stays at a few row groups whatever the size of the data set."""
 
-    def __init__(self, files: list[str], cache_groups: int = 2):
-        import pyarrow.parquet as pq
-
-        self.files = [_ArrowStream(f) if f.endswith(".arrow") else pq.ParquetFile(f) for f in files]
+    def __init__(self, files: list[str], cache_groups: int = 2, opener: Files | None = None):
+        self.files = [_open_table(f, opener or Files()) for f in files]
         self.paths = files
         self.starts: list[int] = []  # first global row of each (file, group)
         self.groups: list[tuple[int, int]] = []
@@ -131,17 +159,23 @@ class ParquetRows:
 
 
 def parquet(root: str, image_column: str = "image", path_column: str = "", text_column: str = "",
-            label_column: str = "label", id_column: str = "", max_image_pixels: int = 0) -> Source:
-    """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export.
-    Only the id and label columns are read at open; ``load(i)`` reads the row group holding row i."""
+            label_column: str = "label", id_column: str = "", max_image_pixels: int = 0, *,
+            storage_options: Mapping[str, Any] | None = None) -> Source:
+    """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export,
+    local or behind an fsspec URL. Only the id and label columns are read at open; ``load(i)`` reads
+    the row group holding row i. ``storage_options`` are never recorded."""
+    root = normalise(root)
+    opener = Files(storage_options)
     try:
-        files = parquet_files(root)
+        files = parquet_files(root, opener)
     except FileNotFoundError as exc:
         raise SourceError(str(exc)) from None
+    except OSError as exc:  # a listing refused (credentials, endpoint): the user's to fix
+        raise SourceError(f"{root}: cannot list ({clean_reason(exc)})") from None
     if not files:
         raise SourceError(f"{root}: no .parquet files found")
     try:
-        rows = ParquetRows(files)
+        rows = ParquetRows(files, opener=opener)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for an unreadable file
         raise SourceError(f"{root}: cannot read Parquet ({clean_reason(exc)})") from exc
     schema = rows.files[0].schema_arrow
@@ -175,6 +209,13 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
             if not isinstance(value, str) or not value:
                 raise InputError(f"{what}: empty path")
             base = os.path.dirname(rows.path_of(i))
+            if is_url(base) or is_url(value):
+                full = value if is_url(value) else join(base, value)
+                try:
+                    data = opener.cat(full)
+                except OSError as exc:
+                    raise InputError(f"{full}: cannot read ({clean_reason(exc)})") from exc
+                return decode_image(data, full, max_image_pixels)
             return read_image_file(value if os.path.isabs(value) else os.path.join(base, value), max_image_pixels)
         if isinstance(value, dict):  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
             value = value.get("bytes")
@@ -182,7 +223,7 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
             raise InputError(f"{what}: no image bytes in column {column!r}")
         return decode_image(bytes(value), what, max_image_pixels)
 
-    params = {"root": os.path.abspath(root), "image_column": image_column, "path_column": path_column,
+    params = {"root": root, "image_column": image_column, "path_column": path_column,
               "text_column": text_column, "label_column": label_column, "id_column": id_column,
               **image_params(max_image_pixels)}
     return Source("parquet", "text" if text_column else "image", ids, labels, classes, params, load)

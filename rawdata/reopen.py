@@ -1,7 +1,8 @@
 """Reopening the raw inputs a store recorded, as both stages (and the inputs tool) do.
 
 Takes anything with the store's ``source`` description, ``dataset_fingerprint`` and ``path`` (a
-``FeatureCache``), so this room never needs to know how stores are laid out.
+``FeatureCache``), and its ``source_index()`` when it has one (the plain data a source asked to
+keep, such as a shard index), so this room never needs to know how stores are laid out.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class Recorded(Protocol):
 def source_of(store: Recorded, data_root: str = "") -> Source:
     """The raw inputs a store recorded (moved to ``data_root`` if given), refused if they are not
     the ones it was built from."""
-    source = open_source(store.source, data_root or None)
+    reader = getattr(store, "source_index", None)
+    index = reader() if callable(reader) else None
+    source = open_source(store.source, data_root or None, index)
     found = dataset_fingerprint(source.sample_ids, source.labels)
     if found != store.dataset_fingerprint:
         raise SourceMismatch(

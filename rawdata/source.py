@@ -31,6 +31,9 @@ class Source:
     classes: list[str]
     params: dict[str, Any]
     _load: Callable[[int], Any] = field(repr=False)
+    # plain data a store keeps beside the description so a reopen skips costly listing work
+    # (webdataset: the shard index); passed back as ``index=`` (see ``kinds.open_source``)
+    reopen_index: dict[str, Any] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -48,7 +51,7 @@ def head(source: Source, limit: int) -> Source:
     if limit <= 0 or limit >= len(source):
         return source
     return Source(source.kind, source.modality, source.sample_ids[:limit], source.labels[:limit],
-                  source.classes, {**source.params, "limit": int(limit)}, source._load)
+                  source.classes, {**source.params, "limit": int(limit)}, source._load, source.reopen_index)
 
 
 def named_labels(values: list[Any], names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:

@@ -308,3 +308,45 @@ def test_save_to_disk_arrow_folder_and_a_glob_of_parquet_files(tmp_path):
     src = parquet(str(tmp_path / "hub/data/train-*.parquet"))
     assert src.sample_ids[4] == "train-00001-of-00002.parquet:0" and len(src) == 6
     assert np.array_equal(np.asarray(src.load(4)), np.asarray(folder.load(4)))
+
+
+def test_store_keeps_the_shard_index_and_reopens_without_walking(tmp_path, timm_ckpt, monkeypatch):
+    """The store keeps each shard's member offsets beside its source description: a reopen costs a
+    stat (a listing on object storage) per shard folder. Damaged index bytes are verify's finding,
+    and a reopen then walks the shards again. Any fsspec URL works (memory:// here)."""
+    import fsspec
+    from featcache.cache_tools import verify
+    from featcache.rawdata import source_of, tar_shards
+
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    paths = make_shards(images, tmp_path / "shards", per_shard=4)
+    s = extract(tmp_path / "w.zarr", {"kind": "webdataset", "shards": paths}, [timm_teacher(timm_ckpt)])
+    cache = FeatureCache.open(s.path)
+    assert verify(cache).ok and cache.info()["source_index"]["shards"] == 2
+
+    def no_walk(*_a, **_k):
+        raise AssertionError("walked")
+
+    with monkeypatch.context() as m:
+        m.setattr(tar_shards, "walk_shard", no_walk)
+        src = source_of(cache)
+        assert src.files.requests == 0 and src.labels.tolist() == cache.labels.tolist()
+        folder = open_source({"kind": "image_folder", "root": images})
+        key = src.sample_ids[5].split("/", 1)[1].replace("_", "/", 1) + ".png"
+        assert np.array_equal(np.asarray(src.load(5)), np.asarray(folder.load(folder.sample_ids.index(key))))
+        assert src.files.requests == 1  # one ranged read per row
+    with FeatureCache.open(s.path, mode="r+") as rw:
+        doc = rw.source_index_doc()
+        data = rw.store.read(doc["node"], 0, doc["bytes"]).copy()
+        data[len(data) // 2] ^= 0xFF
+        rw.store.write(doc["node"], 0, data)
+    damaged = FeatureCache.open(s.path)
+    problems = verify(damaged).problems
+    assert len(problems) == 1 and "source index: unreadable" in problems[0] and "bytes changed" in problems[0]
+    assert list(source_of(damaged).sample_ids) == list(cache.sample_ids)  # walked again
+    mem = fsspec.filesystem("memory")
+    for p in paths:
+        mem.pipe(f"/wds/{os.path.basename(p)}", open(p, "rb").read())
+    src = webdataset("memory://wds/train-{000000..000001}.tar")
+    assert list(src.sample_ids) == list(cache.sample_ids) and src.describe()["root"].startswith("memory://")
+    assert np.array_equal(np.asarray(src.load(3)), np.asarray(source_of(cache).load(3)))
