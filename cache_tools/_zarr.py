@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any
 
 import fsspec
@@ -17,6 +16,8 @@ import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
+
+from featcache.plumbing import atomic
 
 from .errors import CacheNotFoundError, CorruptCacheError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
@@ -94,6 +95,10 @@ class ZarrStore(Store):
         if node and node not in self._group:
             self._group.require_group(node)
         self._node(node).attrs.put(attrs)
+        if isinstance(self._fs, LocalFileSystem):  # zarr renames the document into place; make it durable
+            doc = f"{self._root}/{node}/zarr.json" if node else f"{self._root}/zarr.json"
+            _fsync(doc)
+            atomic.fsync_dir(os.path.dirname(doc))
 
     def node_doc(self, node: str) -> dict[str, Any] | None:
         # The zarr.json bytes as written, not zarr-python's model of them: a change that zarr
@@ -190,13 +195,7 @@ class ZarrStore(Store):
         if isinstance(self._fs, LocalFileSystem):
             # Write then rename: a reader never sees half a marker.
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync(os.path.dirname(path))  # the rename itself
+            atomic.write_bytes(path, data)  # fsync'd, renamed, and the rename fsync'd
         else:
             self._fs.pipe_file(path, data)  # object stores publish a PUT atomically
 

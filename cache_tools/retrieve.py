@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from featcache.plumbing import atomic
+
 from .cache import FeatureCache, require_complete
 
 DUPLICATE_COS = 1 - 1e-6
@@ -177,8 +179,8 @@ def write_transfer_store(out: str, pool: FeatureCache, chosen: TransferSet, info
     dst = write_subset_store(out, pool, chosen.rows, keep_labels=False, split="transfer",
                              extra={"retrieval": info}, overwrite=overwrite)
     if "://" not in out:
-        with open(os.path.normpath(out) + ".manifest.jsonl", "w") as fh:
-            fh.writelines(json.dumps(line) + "\n" for line in _manifest(pool, chosen, queries))
+        atomic.write_text(os.path.normpath(out) + ".manifest.jsonl",
+                          "".join(json.dumps(line) + "\n" for line in _manifest(pool, chosen, queries)))
     return dst
 
 

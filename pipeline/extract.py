@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch,
                                    dataset_fingerprint)
-from featcache.plumbing import storage
+from featcache.plumbing import atomic, storage
 from featcache.plumbing.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
 from featcache.cache_tools.verify import recheck_newest
@@ -256,8 +256,7 @@ def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
         if os.path.exists(path):
             os.remove(path)
         return None
-    with open(path, "w") as fh:
-        fh.write("".join(line + "\n" for line in lines))
+    atomic.write_text(path, "".join(line + "\n" for line in lines))
     return path
 
 

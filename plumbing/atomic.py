@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator
 
 __all__ = ["atomic_open", "write_bytes", "write_text", "write_json", "write_with", "temp_name", "fsync_dir",
-           "exchange"]
+           "exchange", "swap_into", "remove_path"]
 
 
 def temp_name(path: str) -> str:
@@ -122,3 +122,40 @@ def exchange(a: str, b: str) -> bool:
         fsync_dir(os.path.dirname(os.path.abspath(a)))
         return True
     return False  # e.g. EINVAL on a filesystem without exchange support
+
+
+def remove_path(path: str) -> None:
+    """A file or a directory tree; nothing if absent."""
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def swap_into(new: str, dst: str) -> None:
+    """Put the finished file or folder ``new`` at ``dst``; what was at ``dst`` is deleted only after.
+
+    A file over a file is one ``os.replace``. Otherwise (a folder, as a Zarr store is) the two
+    are exchanged in one step where the OS can, then the old one, now at ``new``, is deleted.
+    Elsewhere: the old one is renamed away, the new one renamed in, the old one deleted; a kill
+    between those two renames leaves both complete, the old one at ``dst + '.old-*'``.
+    """
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.lexists(dst) or (os.path.isfile(dst) and os.path.isfile(new)):
+        os.replace(new, dst)
+        fsync_dir(folder)
+        return
+    if exchange(new, dst):
+        remove_path(new)
+        return
+    old = f"{dst}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(dst, old)
+    try:
+        os.rename(new, dst)
+    except BaseException:
+        os.rename(old, dst)  # put the old one back: the destination is never left empty by an error
+        raise
+    fsync_dir(folder)
+    remove_path(old)

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from featcache.plumbing import atomic
+
 from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS
 
 NOT_GROUPING = {"out_dir", "seed", *(f"data.{k}" for k in PIPELINE_DATA_KEYS)}
@@ -185,7 +187,7 @@ CSV_FIELDS = ("method", "test_accuracy_mean", "test_accuracy_std", "error_vs_stl
 
 
 def write_csv(records: list[dict[str, Any]], path: str) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic.atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
@@ -210,7 +212,8 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(title or "mean ± std over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    atomic.write_with(path, lambda fh: fig.savefig(fh, dpi=120, format=fmt))
     plt.close(fig)
 
 
