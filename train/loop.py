@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from featcache.plumbing import storage
+from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import load_config, to_dict
 from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
@@ -68,7 +68,7 @@ def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Sp
         feats = bank.take_eval(split.rows)
         probe = fit_linear_probe(feats, split.labels, num_classes, seed=cfg.seed)
         log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
-        torch.save(probe.state_dict(), path)
+        atomic.write_with(path, lambda fh: torch.save(probe.state_dict(), fh))
     return PredictionKD(probe, m.temperature, m.alpha)
 
 
@@ -351,19 +351,18 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         log(f"epoch {epoch + 1}/{cfg.optim.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
             + f"  val_acc {val_text}  {record['rows_per_second']:.0f} rows/s")
         if dist_.is_main:
-            ckpt_io.save_atomic({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                                 "config": to_dict(cfg)}, ckpt_path)
-            ckpt_io.write_text_atomic(os.path.join(cfg.out_dir, "metrics.jsonl"),
-                                      "".join(_json_line(r) for r in history))
+            ckpt_io.save(ckpt_path, learner=learner.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history, config=to_dict(cfg))
+            atomic.write_text(os.path.join(cfg.out_dir, "metrics.jsonl"), "".join(_json_line(r) for r in history))
         barrier()
     test = evaluate(learner, splits["test"], num_classes, device, dist_, **loader)
     results = _results(cfg, splits, bank, history, test, count_parameters(student), time.time() - t_start, dist_,
                        str(device))
     if dist_.is_main:
-        torch.save({"model": student.state_dict()}, os.path.join(cfg.out_dir, "student.pt"))
-        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results)
-        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+        weights = {"model": student.state_dict()}
+        atomic.write_with(os.path.join(cfg.out_dir, "student.pt"), lambda fh: torch.save(weights, fh))
+        atomic.write_json(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+        atomic.write_json(os.path.join(cfg.out_dir, "results.json"), results)  # last: marks the run done
     log(f"done: {cfg.method.name} test accuracy {test['accuracy']:.4f} on {test['rows']} rows "
         f"({results['wall_seconds']:.1f} s) -> {cfg.out_dir}/results.json")
     return results
