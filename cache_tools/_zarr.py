@@ -19,7 +19,7 @@ from zarr.codecs import BloscCodec
 
 from featcache.plumbing import atomic
 
-from .errors import CacheNotFoundError, CorruptCacheError
+from .errors import CacheNotFoundError, CorruptCacheError, MissingNodeError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_DIR = "_partitions"
@@ -83,7 +83,7 @@ class ZarrStore(Store):
         try:
             return self._group[node]
         except KeyError:
-            raise
+            raise MissingNodeError(self.path, node) from None
         except Exception as exc:  # noqa: BLE001 - zarr's many ways to refuse a damaged zarr.json
             raise CorruptCacheError(f"{self.path}: {node}: metadata does not decode "
                                     f"({type(exc).__name__}: {exc})") from exc
@@ -125,7 +125,7 @@ class ZarrStore(Store):
     def array_meta(self, node: str) -> ArrayMeta:
         arr = self._array(node)
         if not isinstance(arr, zarr.Array):
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         dtype = STR_DTYPE if arr.dtype.kind in ("T", "U", "O") else arr.dtype.name
         return ArrayMeta(tuple(arr.shape), dtype, int(arr.chunks[0]), _compressor_name(arr))
 
@@ -181,7 +181,7 @@ class ZarrStore(Store):
         # (concurrently), so one damaged child would hide its siblings.
         base = f"{self._root}/{node}" if node else self._root
         if not self._fs.isdir(base):
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         prefix = len(self._fs._strip_protocol(base).rstrip("/")) + 1
         names = [self._fs._strip_protocol(p)[prefix:] for p in self._fs.ls(base, detail=False)]
         names = [n for n in names if n and n != MARKER_DIR and "/" not in n]

@@ -22,6 +22,7 @@ import numpy as np
 from featcache.plumbing import atomic
 
 from .cache import FeatureCache, require_complete
+from .errors import CacheError
 
 DUPLICATE_COS = 1 - 1e-6
 Progress = Callable[[int, int], None]
@@ -44,7 +45,7 @@ def query_features(cache: FeatureCache, teacher: str) -> tuple[np.ndarray, np.nd
     """Unit-norm eval-view features of the valid labeled rows, and their row ids."""
     rows = cache.labeled_rows()
     if len(rows) == 0:
-        raise ValueError(f"{cache.path}: no valid labeled rows to use as queries")
+        raise CacheError(f"{cache.path}: no valid labeled rows to use as queries")
     return _unit(cache.take(teacher, rows)), rows
 
 

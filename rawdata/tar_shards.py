@@ -9,6 +9,8 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+from .source import SourceError
+
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -87,7 +89,7 @@ def index_shard(path: str) -> ShardIndex:
                                       f"{info.offset_data}, the file has {size})")
             end = tar.offset
     except tarfile.ReadError as exc:
-        raise ValueError(f"{path}: not a tar file ({exc})") from exc
+        raise SourceError(f"{path}: not a tar file ({exc})") from exc
     if any(s.problem for s in samples.values()):
         cut = ""  # the truncated member's sample already says where the shard ends
     elif not cut and not _has_end_block(path, end):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from featcache.plumbing import atomic
+from featcache.plumbing.errors import UsageError
 
 from .config import FEATURE_DATA_KEYS, METHOD_PARAMS, PIPELINE_DATA_KEYS
 
@@ -201,7 +202,7 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ValueError("--plot needs matplotlib: pip install 'featcache[plot]'") from exc
+        raise UsageError("--plot needs matplotlib: pip install 'featcache[plot]'") from exc
     means = [r["test_accuracy_mean"] for r in records]
     stds = [r["test_accuracy_std"] for r in records]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(records)), 3.6))

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from featcache.plumbing import atomic, storage
-from featcache.plumbing.config import load_config, to_dict
+from featcache.plumbing.config import ConfigError, load_config, to_dict
 from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
 
@@ -264,7 +264,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
                        cfg.data.standardize_teachers) if needs_features else None
     extra = cfg.data.unlabeled_per_batch if bank is not None else 0
     if extra and not bank.in_memory:
-        raise ValueError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "
+        raise ConfigError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "
                          f"(they are {bank.dim}-d over {train.cache.rows} rows)")
     if extra:
         log(f"unlabeled rows: {extra} per batch from {len(train.unlabeled)} rows outside the label budget "
@@ -291,7 +291,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     rank_unlabeled = shard_rows(train.unlabeled, dist_)
     steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
     if steps == 0:
-        raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
                          f"{len(train.rows) // dist_.world} training rows per process")
     total, warmup = steps * cfg.optim.epochs, int(steps * cfg.optim.warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))

@@ -24,7 +24,7 @@ import torch
 from featcache.cache_tools import FeatureCache
 
 from featcache.plumbing import atomic
-from featcache.plumbing.config import load_config, to_dict
+from featcache.plumbing.config import ConfigError, load_config, to_dict
 
 from .config import Method, TrainConfig
 from .data import FeatureBank, build_splits
@@ -106,7 +106,7 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, variant: str = "tokt",
     """The three steps. ``tokt_random`` distils on the random transfer set; ``task_agnostic``
     is the paper's baseline (step 2 matches the teacher's features instead of the task logits)."""
     if variant not in TOKT_VARIANTS:
-        raise ValueError(f"tokt variant {variant!r} unknown (known: {', '.join(TOKT_VARIANTS)})")
+        raise ConfigError(f"tokt variant {variant!r} unknown (known: {', '.join(TOKT_VARIANTS)})")
     out = out_dir or cfg.out_dir
     transfer = cfg.tokt.random_transfer_store if variant == "tokt_random" else cfg.tokt.transfer_store
     if variant == "task_agnostic":
