@@ -72,7 +72,7 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
     is_local = "://" not in dst_path
     if is_local and os.path.lexists(dst_path) and not overwrite:
         raise FileExistsError(f"{dst_path}: already exists (pass --overwrite to replace it)")
-    build_path = _build_name(dst_path) if is_local else dst_path
+    build_path = build_name(dst_path) if is_local else dst_path
     with FeatureCache.open(src_path) as src:
         dst = FeatureCache.create(build_path, sample_ids=src.sample_ids, labels=src.labels, views=src.views,
                                   view_param_names=src.view_param_names, partition_rows=src.partition_rows,
@@ -103,7 +103,7 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
     return FeatureCache.open(dst_path, backend=backend)
 
 
-def _build_name(dst_path: str) -> str:
+def build_name(dst_path: str) -> str:
     """Beside ``dst`` (same filesystem, so the swap is a rename), with ``dst``'s extension kept last:
     backend detection by name still sees ``.h5`` or ``.zarr``."""
     stem, ext = os.path.splitext(os.path.normpath(dst_path))

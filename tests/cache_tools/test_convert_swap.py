@@ -147,3 +147,22 @@ def test_zarr_over_hdf5_file_swaps_kinds(stores, tmp_path):
     assert main(["convert", src, target, "--backend", "hdf5"]) == 0
     assert main(["convert", src, target, "--backend", "zarr", "--overwrite"]) == 0
     assert os.path.isdir(target) and whole_at(target) == "new"
+
+
+def test_subset_overwrite_keeps_the_old_store_until_the_new_one_is_whole(stores, monkeypatch, capsys):
+    src, dst = stores
+    real, calls = FeatureCache.write_partition, []
+
+    def dies_midway(self, p, **_kw):
+        calls.append(p)  # the subset's first partition: the new store is half built
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FeatureCache, "write_partition", dies_midway)
+    assert main(["subset", src, "--labels-per-class", "3", "--out", dst, "--overwrite"]) == 1
+    assert "No space left" in capsys.readouterr().err
+    assert whole_at(dst) == "old" and leftovers(os.path.dirname(dst)) == []
+    monkeypatch.setattr(FeatureCache, "write_partition", real)
+    assert main(["subset", src, "--labels-per-class", "3", "--out", dst, "--overwrite"]) == 0
+    with FeatureCache.open(dst) as cache:
+        assert cache.rows == 15 and cache.is_complete
+    assert leftovers(os.path.dirname(dst)) == []
