@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+from featcache.plumbing import atomic
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # The demo teacher (configs/demo_vision.toml): ImageNet EfficientNet-Lite0 from its PyPI package.
@@ -21,7 +23,6 @@ def result_path(name: str) -> str:
 def save(path: str, results: dict[str, Any]) -> None:
     """Write the JSON next to the committed results and say where."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(results, fh, indent=2)
+    atomic.write_text(path, json.dumps(results, indent=2))
     print(f"goals: {results.get('goals')}")
     print(f"saved {path}")

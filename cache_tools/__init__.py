@@ -11,14 +11,15 @@ from ._zarr import ZarrStore
 from .cache import FORMAT_VERSION, INDEX_PART, FeatureCache, require_complete
 from .convert import convert
 from .errors import (CacheError, CacheNotFoundError, CorruptCacheError, FingerprintMismatch,
-                     FormatVersionError, ReadOnlyError)
+                     FormatVersionError, MissingNodeError, NotInStoreError, ReadOnlyError, ShapeMismatch)
 from .fingerprint import fingerprint
 from .store import ArrayMeta, Store
 from .verify import VerifyReport, verify
 
 __all__ = [
     "ArrayMeta", "CacheError", "CacheNotFoundError", "CorruptCacheError", "FORMAT_VERSION", "FeatureCache",
-    "FingerprintMismatch", "FormatVersionError", "HDF5Store", "INDEX_PART", "MemoryStore", "ReadOnlyError",
+    "FingerprintMismatch", "FormatVersionError", "HDF5Store", "INDEX_PART", "MemoryStore", "MissingNodeError",
+    "NotInStoreError", "ReadOnlyError", "ShapeMismatch",
     "Store", "VerifyReport", "ZarrStore", "convert", "dataset_fingerprint", "fingerprint", "require_complete",
     "verify",
 ]

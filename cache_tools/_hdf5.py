@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import CacheNotFoundError, CorruptCacheError, CacheError
+from .errors import CacheNotFoundError, CorruptCacheError, CacheError, MissingNodeError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_GROUP = "_partitions"
@@ -85,14 +85,22 @@ class HDF5Store(Store):
     def file(self) -> h5py.File:
         return self._open()
 
+    def _obj(self, node: str):
+        if not node:
+            return self.file
+        try:
+            return self.file[node]
+        except KeyError:
+            raise MissingNodeError(self.path, node) from None
+
     def get_attrs(self, node: str) -> dict[str, Any]:
-        obj = self.file[node] if node else self.file
+        obj = self._obj(node)
         return {k: json.loads(v) for k, v in obj.attrs.items() if not k.startswith(INTERNAL)}
 
     def node_doc(self, node: str) -> dict[str, Any] | None:
         if node and node not in self.file:
             return None
-        obj = self.file[node] if node else self.file
+        obj = self._obj(node)
         try:
             doc: dict[str, Any] = {"attributes": self.get_attrs(node)}
             if isinstance(obj, h5py.Dataset):
@@ -129,16 +137,16 @@ class HDF5Store(Store):
         ds.attrs[f"{INTERNAL}chunk_rows"] = json.dumps(chunk_rows)
 
     def array_meta(self, node: str) -> ArrayMeta:
-        ds = self.file[node]
+        ds = self._obj(node)
         if not isinstance(ds, h5py.Dataset):
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         is_str = h5py.check_string_dtype(ds.dtype) is not None
         chunk_rows = json.loads(ds.attrs.get("_featcache_chunk_rows", "0")) or ds.chunks[0]
         return ArrayMeta(tuple(ds.shape), STR_DTYPE if is_str else ds.dtype.name, int(chunk_rows),
                          json.loads(ds.attrs.get("_featcache_compressor", '"none"')))
 
     def read(self, node: str, start: int, stop: int) -> np.ndarray:
-        ds = self.file[node]
+        ds = self._obj(node)
         try:
             if h5py.check_string_dtype(ds.dtype) is not None:
                 return np.asarray(ds.asstr()[start:stop], dtype=object)
@@ -147,7 +155,7 @@ class HDF5Store(Store):
             raise CorruptCacheError(f"{self.path}: {node} rows {start}:{stop} do not decode ({exc})") from exc
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
-        self.file[node][start:start + len(values)] = values
+        self._obj(node)[start:start + len(values)] = values
         self._sync()
 
     def _sync(self) -> None:
@@ -160,7 +168,7 @@ class HDF5Store(Store):
             pass
 
     def children(self, node: str) -> list[str]:
-        obj = self.file[node] if node else self.file
+        obj = self._obj(node)
         return sorted(k for k in obj.keys() if k != MARKER_GROUP)
 
     def _put_marker(self, key: str, doc: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import MissingNodeError
 from .store import STR_DTYPE, ArrayMeta, Store
 
 
@@ -28,7 +29,7 @@ class MemoryStore(Store):
 
     def get_attrs(self, node: str) -> dict[str, Any]:
         if node not in self._attrs:
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         return copy.deepcopy(self._attrs[node])
 
     def node_doc(self, node: str) -> dict[str, Any] | None:

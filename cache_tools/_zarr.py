@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any
 
 import fsspec
@@ -18,7 +17,9 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
-from .errors import CacheNotFoundError, CorruptCacheError
+from featcache.plumbing import atomic
+
+from .errors import CacheNotFoundError, CorruptCacheError, MissingNodeError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_DIR = "_partitions"
@@ -82,7 +83,7 @@ class ZarrStore(Store):
         try:
             return self._group[node]
         except KeyError:
-            raise
+            raise MissingNodeError(self.path, node) from None
         except Exception as exc:  # noqa: BLE001 - zarr's many ways to refuse a damaged zarr.json
             raise CorruptCacheError(f"{self.path}: {node}: metadata does not decode "
                                     f"({type(exc).__name__}: {exc})") from exc
@@ -94,6 +95,10 @@ class ZarrStore(Store):
         if node and node not in self._group:
             self._group.require_group(node)
         self._node(node).attrs.put(attrs)
+        if isinstance(self._fs, LocalFileSystem):  # zarr renames the document into place; make it durable
+            doc = f"{self._root}/{node}/zarr.json" if node else f"{self._root}/zarr.json"
+            _fsync(doc)
+            atomic.fsync_dir(os.path.dirname(doc))
 
     def node_doc(self, node: str) -> dict[str, Any] | None:
         # The zarr.json bytes as written, not zarr-python's model of them: a change that zarr
@@ -120,7 +125,7 @@ class ZarrStore(Store):
     def array_meta(self, node: str) -> ArrayMeta:
         arr = self._array(node)
         if not isinstance(arr, zarr.Array):
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         dtype = STR_DTYPE if arr.dtype.kind in ("T", "U", "O") else arr.dtype.name
         return ArrayMeta(tuple(arr.shape), dtype, int(arr.chunks[0]), _compressor_name(arr))
 
@@ -176,7 +181,7 @@ class ZarrStore(Store):
         # (concurrently), so one damaged child would hide its siblings.
         base = f"{self._root}/{node}" if node else self._root
         if not self._fs.isdir(base):
-            raise KeyError(node)
+            raise MissingNodeError(self.path, node)
         prefix = len(self._fs._strip_protocol(base).rstrip("/")) + 1
         names = [self._fs._strip_protocol(p)[prefix:] for p in self._fs.ls(base, detail=False)]
         names = [n for n in names if n and n != MARKER_DIR and "/" not in n]
@@ -190,13 +195,7 @@ class ZarrStore(Store):
         if isinstance(self._fs, LocalFileSystem):
             # Write then rename: a reader never sees half a marker.
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync(os.path.dirname(path))  # the rename itself
+            atomic.write_bytes(path, data)  # fsync'd, renamed, and the rename fsync'd
         else:
             self._fs.pipe_file(path, data)  # object stores publish a PUT atomically
 

@@ -42,7 +42,10 @@ import numpy as np
 from featcache.plumbing import provenance
 from featcache.rawdata.identity import dataset_fingerprint
 
-from .errors import CacheError, CacheNotFoundError, FingerprintMismatch, FormatVersionError
+from featcache.plumbing.errors import UsageError
+
+from .errors import (CacheError, CacheNotFoundError, CorruptCacheError, FingerprintMismatch, FormatVersionError,
+                     NotInStoreError, ShapeMismatch)
 from .fingerprint import DOC_CHECKSUM_KEY, array_checksum, doc_checksum, fingerprint, short_pair
 from .locate import open_backend
 from .store import STR_DTYPE, UNREADABLE, Store
@@ -71,7 +74,7 @@ def chunk_rows_for(row_bytes: int, partition_rows: int) -> int:
 
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ValueError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' (not starting with '_')")
+        raise UsageError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' (not starting with '_')")
     return name
 
 
@@ -132,13 +135,13 @@ class FeatureCache:
         n = len(ids)
         labels_arr = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if labels_arr.shape != (n,):
-            raise ValueError(f"{n} sample ids but {labels_arr.shape[0]} labels")
+            raise UsageError(f"{n} sample ids but {labels_arr.shape[0]} labels")
         if len(set(ids.tolist())) != n:
-            raise ValueError("sample ids must be unique")
+            raise UsageError("sample ids must be unique")
         if views < 1:
-            raise ValueError(f"views must be >= 1, got {views}")
+            raise UsageError(f"views must be >= 1, got {views}")
         if partition_rows < 1 or partition_rows & (partition_rows - 1):
-            raise ValueError(f"partition_rows must be a power of two, got {partition_rows}")
+            raise UsageError(f"partition_rows must be a power of two, got {partition_rows}")
         if isinstance(target, Store):
             store = target
         else:
@@ -282,7 +285,7 @@ class FeatureCache:
         """Add an empty feature array; re-adding the same teacher is a no-op, a different one refuses."""
         _check_name(name)
         if dtype not in FEATURE_DTYPES:
-            raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
+            raise UsageError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
         fp = teacher_fingerprint or fingerprint({**spec, "dim": int(dim), "dtype": dtype})
         if name in self.teachers:
             have = self.teacher_info(name)
@@ -349,7 +352,7 @@ class FeatureCache:
 
     def _expect_shape(self, what: str, values: np.ndarray, shape: tuple[int, ...]) -> None:
         if tuple(values.shape) != tuple(shape):
-            raise ValueError(f"{self.path}: {what} has shape {tuple(values.shape)}, expected {tuple(shape)}")
+            raise ShapeMismatch(f"{self.path}: {what} has shape {tuple(values.shape)}, expected {tuple(shape)}")
 
     # -- student inputs: inputs/<name>/<array>, partitions and markers like a teacher ----
     @property
@@ -361,7 +364,7 @@ class FeatureCache:
 
     def inputs_info(self, name: str) -> dict[str, Any]:
         if name not in self.inputs:
-            raise KeyError(f"{self.path}: no inputs {name!r} (has: {', '.join(self.inputs) or 'none'})")
+            raise NotInStoreError(f"{self.path}: no inputs {name!r} (has: {', '.join(self.inputs) or 'none'})")
         doc = dict(self.store.get_attrs(f"inputs/{name}")[INPUTS_KEY])
         arrays = {}
         for array in doc["arrays"]:
@@ -492,7 +495,7 @@ class FeatureCache:
 
     def _features_node(self, teacher: str) -> str:
         if teacher not in self.teachers:
-            raise KeyError(f"{self.path}: no teacher {teacher!r} (has: {', '.join(self.teachers) or 'none'})")
+            raise NotInStoreError(f"{self.path}: no teacher {teacher!r} (has: {', '.join(self.teachers) or 'none'})")
         return f"teachers/{teacher}/features"
 
     def chunk_rows(self, teacher: str) -> int:
@@ -563,11 +566,11 @@ def _write_source_index(store: Store, index: Mapping[str, Any]) -> None:
 
 
 def read_source_index(store: Store, doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored index; ValueError when its bytes are not the ones described."""
+    """The stored index; CorruptCacheError when its bytes are not the ones described."""
     data = np.asarray(store.read(str(doc["node"]), 0, int(doc["bytes"])), np.uint8).tobytes()
     found = hashlib.sha256(data).hexdigest()
     if found != doc.get("sha256"):
-        raise ValueError("%s: bytes changed since written (sha256 %s, now %s)"
+        raise CorruptCacheError("%s: bytes changed since written (sha256 %s, now %s)"
                          % (doc["node"], *short_pair(doc.get("sha256"), found)))
     return json.loads(zlib.decompress(data))
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from typing import Callable
 
 import numpy as np
+
+from featcache.plumbing import atomic
 
 from .cache import INDEX_PART, ROOT_KEY, FeatureCache
 from .errors import CacheError
@@ -62,18 +63,21 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
             overwrite: bool = False, progress: Progress | None = None) -> FeatureCache:
     """Write ``src`` into a new store at ``dst`` and check values and metadata match.
 
-    Local destinations are built under a temporary name and renamed into place, so a
-    cut-off conversion never leaves something at ``dst``.
+    Local destinations are built beside ``dst`` under a temporary name and swapped into place
+    only once complete and verified (``atomic.swap_into``): a kill at any moment leaves at
+    ``dst`` either the old store, whole, or the new one, whole. Remote destinations are written
+    in place (an object store has no rename).
     """
     backend = backend or detect_backend(dst_path)
     is_local = "://" not in dst_path
-    if is_local and os.path.exists(dst_path) and not overwrite:
+    if is_local and os.path.lexists(dst_path) and not overwrite:
         raise FileExistsError(f"{dst_path}: already exists (pass --overwrite to replace it)")
-    build_path = f"{dst_path}.partial-{uuid.uuid4().hex[:8]}" if is_local else dst_path
+    build_path = build_name(dst_path) if is_local else dst_path
     with FeatureCache.open(src_path) as src:
         dst = FeatureCache.create(build_path, sample_ids=src.sample_ids, labels=src.labels, views=src.views,
                                   view_param_names=src.view_param_names, partition_rows=src.partition_rows,
-                                  split=src.split, source=src.source, backend=backend, overwrite=not is_local)
+                                  split=src.split, source=src.source, backend=backend, overwrite=not is_local,
+                                  source_index=src.source_index())
         try:
             dst.store.set_attrs("", {ROOT_KEY: src.meta})
             for name in src.teachers:
@@ -88,18 +92,20 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
         except BaseException:
             dst.close()
             if is_local:
-                _remove(build_path)
+                atomic.remove_path(build_path)
             raise
         dst.close()
     if is_local:
-        if os.path.exists(dst_path):
-            _remove(dst_path)
-        os.replace(build_path, dst_path)
+        try:
+            atomic.swap_into(build_path, dst_path)
+        except BaseException:
+            atomic.remove_path(build_path)  # the old store is still at dst_path, whole
+            raise
     return FeatureCache.open(dst_path, backend=backend)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+def build_name(dst_path: str) -> str:
+    """Beside ``dst`` (same filesystem, so the swap is a rename), with ``dst``'s extension kept last:
+    backend detection by name still sees ``.h5`` or ``.zarr``."""
+    stem, ext = os.path.splitext(os.path.normpath(dst_path))
+    return f"{stem}.partial-{uuid.uuid4().hex[:8]}{ext}"

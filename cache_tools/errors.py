@@ -29,3 +29,26 @@ class ReadOnlyError(CacheError, PermissionError):
 
 class CorruptCacheError(CacheError):
     """Bytes on disk do not decode or do not match their recorded checksum."""
+
+
+class NotInStoreError(CacheError, KeyError):
+    """The store holds no teacher (or input set) of the name asked for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ShapeMismatch(CacheError, ValueError):
+    """Values handed to the store do not have the shape it recorded (a teacher's width changed...)."""
+
+
+class MissingNodeError(CorruptCacheError, KeyError):
+    """A group or array the store should hold is not there. Still a KeyError: callers probing
+    whether a node exists catch it; one that reaches the command line reads as a damaged store."""
+
+    def __init__(self, path: str, node: str) -> None:
+        super().__init__(f"{path}: {node or '/'}: no such group or array")
+        self.node = node
+
+    def __str__(self) -> str:
+        return str(self.args[0])

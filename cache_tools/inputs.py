@@ -31,6 +31,7 @@ import numpy as np
 
 from .cache import INDEX_PART, FeatureCache
 from .errors import CacheError
+from featcache.plumbing.errors import UsageError
 from featcache.plumbing.paths import resolve_path
 from featcache.rawdata import InputError, Source
 from featcache.rawdata.views import EVAL_VIEW, RESIZE_FILTERS, render_view
@@ -45,9 +46,9 @@ def image_spec(size: int, resize_filter: str = "bilinear") -> dict[str, Any]:
     import PIL
 
     if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+        raise UsageError(f"size must be >= 1, got {size}")
     if resize_filter not in RESIZE_FILTERS:
-        raise ValueError(f"filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+        raise UsageError(f"filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
     return {"kind": "image", "size": int(size), "filter": resize_filter, "channels": 3,
             "render_version": RENDER_VERSION, "pillow": PIL.__version__}
 
@@ -81,7 +82,7 @@ class Tokenizer:
 
 def text_spec(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
     if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise UsageError(f"max_length must be >= 1, got {max_length}")
     return {"kind": "text", "tokenizer_sha256": tokenizer.sha256, "max_length": int(max_length),
             "pad_id": int(tokenizer.pad_id), "render_version": RENDER_VERSION}
 
@@ -184,9 +185,9 @@ def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filt
     """Render (images, at ``size``) or tokenize (texts, with ``tokenizer``) and write every row's
     student input; partitions already marked done are skipped."""
     if source.modality == "image" and size < 1:
-        raise ValueError(f"{cache.path}: an image store: give the student's image size (--size)")
+        raise UsageError(f"{cache.path}: an image store: give the student's image size (--size)")
     if source.modality == "text" and not tokenizer:
-        raise ValueError(f"{cache.path}: a text store: give the student's tokenizer directory (--tokenizer)")
+        raise UsageError(f"{cache.path}: a text store: give the student's tokenizer directory (--tokenizer)")
     missing = cache.missing_partitions().get(INDEX_PART)
     if missing:
         raise CacheError(f"{cache.path}: the index has {len(missing)} of {cache.num_partitions} partitions missing; "

@@ -6,6 +6,7 @@ import os
 from typing import Any, Iterator
 
 from featcache.plumbing import storage
+from featcache.plumbing.errors import UsageError
 from ._hdf5 import HDF5_SIGNATURE, HDF5Store
 from ._zarr import ZarrStore
 from .errors import CacheNotFoundError
@@ -45,9 +46,9 @@ def open_backend(path: str, *, read_only: bool = True, create: bool = False, ove
                          storage_options=storage.options_for(path, storage_options))
     if backend == "hdf5":
         if _is_url(path):
-            raise ValueError(f"{path}: the HDF5 backend needs a local file; use backend='zarr' for URLs")
+            raise UsageError(f"{path}: the HDF5 backend needs a local file; use backend='zarr' for URLs")
         return HDF5Store(path, read_only=read_only, create=create, overwrite=overwrite)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def find_stores(root: str) -> list[str]:

@@ -19,7 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from featcache.plumbing import atomic
+
 from .cache import FeatureCache, require_complete
+from .convert import build_name
+from .errors import CacheError
 
 DUPLICATE_COS = 1 - 1e-6
 Progress = Callable[[int, int], None]
@@ -42,7 +46,7 @@ def query_features(cache: FeatureCache, teacher: str) -> tuple[np.ndarray, np.nd
     """Unit-norm eval-view features of the valid labeled rows, and their row ids."""
     rows = cache.labeled_rows()
     if len(rows) == 0:
-        raise ValueError(f"{cache.path}: no valid labeled rows to use as queries")
+        raise CacheError(f"{cache.path}: no valid labeled rows to use as queries")
     return _unit(cache.take(teacher, rows)), rows
 
 
@@ -139,7 +143,27 @@ def random_transfer(queries: FeatureCache, pool: FeatureCache, size: int, seed: 
 
 def write_subset_store(out: str, src: FeatureCache, rows: np.ndarray, *, keep_labels: bool, split: str,
                        extra: dict[str, Any] | None = None, overwrite: bool = False) -> FeatureCache:
-    """A store of some rows of ``src``: its sample ids and raw inputs (by reference), features copied."""
+    """A store of some rows of ``src``: its sample ids and raw inputs (by reference), features copied.
+
+    A local ``out`` is built beside itself and swapped in when complete (as ``convert`` does), so
+    ``overwrite`` never removes the old store before the new one is whole.
+    """
+    if "://" in out:
+        return _write_subset(out, src, rows, keep_labels=keep_labels, split=split, extra=extra, overwrite=overwrite)
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    build = build_name(out)
+    try:
+        _write_subset(build, src, rows, keep_labels=keep_labels, split=split, extra=extra).close()
+        atomic.swap_into(build, out)
+    except BaseException:
+        atomic.remove_path(build)
+        raise
+    return FeatureCache.open(out, mode="r+")
+
+
+def _write_subset(out: str, src: FeatureCache, rows: np.ndarray, *, keep_labels: bool, split: str,
+                  extra: dict[str, Any] | None = None, overwrite: bool = False) -> FeatureCache:
     rows = np.asarray(rows, np.int64)
     source = {"kind": "subset", "modality": src.source.get("modality"), "classes": src.source.get("classes", []),
               "parent": src.source, "rows": rows.tolist(), **({"keep_labels": True} if keep_labels else {})}
@@ -177,8 +201,8 @@ def write_transfer_store(out: str, pool: FeatureCache, chosen: TransferSet, info
     dst = write_subset_store(out, pool, chosen.rows, keep_labels=False, split="transfer",
                              extra={"retrieval": info}, overwrite=overwrite)
     if "://" not in out:
-        with open(os.path.normpath(out) + ".manifest.jsonl", "w") as fh:
-            fh.writelines(json.dumps(line) + "\n" for line in _manifest(pool, chosen, queries))
+        atomic.write_text(os.path.normpath(out) + ".manifest.jsonl",
+                          "".join(json.dumps(line) + "\n" for line in _manifest(pool, chosen, queries)))
     return dst
 
 

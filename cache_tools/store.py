@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from featcache.plumbing.errors import UsageError
+
 from .errors import CacheError, ReadOnlyError
 from .fingerprint import DOC_CHECKSUM_KEY, doc_checksum, short_pair
 
@@ -138,7 +140,7 @@ class Store(abc.ABC):
         """A new array whose document carries its checksum (see ``set_attrs``)."""
         self._check_writable()
         if compressor not in COMPRESSORS:
-            raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
+            raise UsageError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
         self._create_array(node, tuple(int(s) for s in shape), dtype, int(chunk_rows), compressor)
         self.set_attrs(node, {})
 

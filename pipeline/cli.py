@@ -17,6 +17,7 @@ from typing import Sequence
 from featcache.plumbing.cli import EXIT_OK, add_debug_flag, human_bytes, run_cli
 from featcache.plumbing import storage
 from featcache.plumbing.config import load_config
+from featcache.plumbing.errors import UsageError
 
 from .config import ExtractConfig
 
@@ -45,7 +46,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def select_teachers(cfg: ExtractConfig, names: str | None, index_only: bool = False) -> ExtractConfig:
     if index_only:
         if names:
-            raise ValueError("--index-only writes no teacher: drop --teachers")
+            raise UsageError("--index-only writes no teacher: drop --teachers")
         return dataclasses.replace(cfg, teachers=())
     if not names:
         return cfg
@@ -54,7 +55,7 @@ def select_teachers(cfg: ExtractConfig, names: str | None, index_only: bool = Fa
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
         missing = ", ".join(unknown) or repr(names)
-        raise ValueError(f"--teachers: {missing} not in the config (it has {', '.join(known)})")
+        raise UsageError(f"--teachers: {missing} not in the config (it has {', '.join(known)})")
     return dataclasses.replace(cfg, teachers=tuple(t for t in cfg.teachers if t.name in wanted))
 
 

@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch,
                                    dataset_fingerprint)
-from featcache.plumbing import storage
+from featcache.plumbing import atomic, storage
+from featcache.plumbing.config import ConfigError
+from featcache.plumbing.errors import UsageError
 from featcache.plumbing.distributed import Dist, all_sum, barrier, setup, teardown
 from featcache.cache_tools.locate import detect_backend
 from featcache.cache_tools.verify import recheck_newest
@@ -69,24 +71,24 @@ def open_source_config(cfg: SourceConfig, index: dict[str, Any] | None = None) -
         kw = {"root": root or None, "split": cfg.split, "download": cfg.download}
     elif cfg.kind == "manifest":
         if not cfg.path:
-            raise ValueError("source.path: a manifest source needs the manifest file")
+            raise ConfigError("source.path: a manifest source needs the manifest file")
         kw = {"path": resolve_path(cfg.path), "root": root or None, "encoding": cfg.encoding,
               "max_image_pixels": cfg.max_image_pixels}
     elif cfg.kind == "parquet":
         if not root:
-            raise ValueError("source.root: a parquet source needs a .parquet file or a folder of them")
+            raise ConfigError("source.root: a parquet source needs a .parquet file or a folder of them")
         kw = {"root": root, "image_column": cfg.image_column, "path_column": cfg.path_column,
               "text_column": cfg.text_column, "label_column": cfg.label_column, "id_column": cfg.id_column,
               "max_image_pixels": cfg.max_image_pixels, "storage_options": source_options(cfg)}
     elif cfg.kind == "webdataset":
         if not (root or cfg.shards):
-            raise ValueError("source.root: a webdataset source needs its shards (a brace pattern, or source.shards)")
+            raise ConfigError("source.root: a webdataset source needs its shards (a brace pattern, or source.shards)")
         kw = {"root": [resolve_path(s) for s in cfg.shards] if cfg.shards else root, "max_image_pixels":
               cfg.max_image_pixels, "extensions": list(cfg.extensions), "label_field": cfg.label_field,
               "modality": cfg.modality, "storage_options": source_options(cfg), "index": index}
     else:
         if not root:
-            raise ValueError(f"source.root: a {cfg.kind} source needs its folder")
+            raise ConfigError(f"source.root: a {cfg.kind} source needs its folder")
         kw = {"root": root, **({"max_image_pixels": cfg.max_image_pixels} if cfg.kind == "image_folder" else {})}
     source = KINDS[cfg.kind](**kw)
     return head(source, cfg.limit) if cfg.limit else source
@@ -104,7 +106,7 @@ def prepare_store(cfg: ExtractConfig, source: Source, teachers: list[Teacher], a
     out = cfg.output
     backend = None if out.backend == "auto" else out.backend
     if dist_.world > 1 and (backend or detect_backend(out.store)) == "hdf5":
-        raise ValueError("output.backend: HDF5 allows one writer; use Zarr under torchrun")
+        raise ConfigError("output.backend: HDF5 allows one writer; use Zarr under torchrun")
     if dist_.is_main:
         cache = _open_or_create(cfg, source, backend)
         _check_or_add_teachers(cache, cfg, teachers, add_teacher)
@@ -124,7 +126,7 @@ def _open_or_create(cfg: ExtractConfig, source: Source, backend: str | None) -> 
             cache = FeatureCache.open(out.store, mode="r+", backend=backend)
         except CacheNotFoundError:
             if not _cut_off_creation(out.store, backend):
-                raise ValueError(f"{out.store}: exists and is not a featcache store; "
+                raise UsageError(f"{out.store}: exists and is not a featcache store; "
                                  "choose another output.store") from None
             cache = None  # a creation cut off before its attributes: start again
         if cache is not None:
@@ -279,8 +281,7 @@ def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
         if os.path.exists(path):
             os.remove(path)
         return None
-    with open(path, "w") as fh:
-        fh.write("".join(line + "\n" for line in lines))
+    atomic.write_text(path, "".join(line + "\n" for line in lines))
     return path
 
 
@@ -298,7 +299,7 @@ def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> 
 def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     source = open_source_config(cfg.source, stored_index(cfg))
     if source.modality == "text" and cfg.views > 1:
-        raise ValueError("views: recorded views are image crops; text sources take views = 1")
+        raise ConfigError("views: recorded views are image crops; text sources take views = 1")
     device = best_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist_.local_rank)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from featcache.cache_tools import FeatureCache, require_complete
+from featcache.cache_tools import CacheError, FeatureCache, require_complete
 from featcache.rawdata import InputError, Source, source_of
 from featcache.rawdata.views import apply_view
 
@@ -67,7 +67,7 @@ def train_head(cfg: FinetuneConfig, teacher: Teacher, model: torch.nn.Module, ca
                log) -> tuple[torch.nn.Linear, list[float]]:
     rows = cache.labeled_rows()
     if len(rows) == 0:
-        raise ValueError(f"{cache.path}: no valid labeled rows to fine-tune on")
+        raise CacheError(f"{cache.path}: no valid labeled rows to fine-tune on")
     classes = max(len(cache.source.get("classes") or []), int(cache.labels.max()) + 1)
     head = torch.nn.Linear(teacher.dim, classes).to(next(model.parameters()).device)
     opt = torch.optim.AdamW([{"params": model.parameters(), "lr": cfg.lr},

@@ -11,7 +11,18 @@ from typing import Callable, Sequence
 from .errors import DataError, UsageError
 from .storage import access_errors
 
-EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+# The exit-code table (docs/ mirrors it; tests/test_exit_codes.py runs every code through every script):
+#   0    ok
+#   1    data or store problem: a DataError (a store damaged, incomplete, or with the wrong fingerprint; a
+#        teacher or input set the store does not hold; an input that does not decode; a checkpoint or
+#        weights file that does not load), a permission or credential error, any other I/O failure
+#   2    usage or config mistake: a UsageError (ConfigError, a bad --set, SourceError, TeacherError), a
+#        path the user named that does not exist or is the wrong kind (config, store, runs directory),
+#        a destination that already exists, a bad command line (argparse)
+#   3    internal error: any other exception, a bug in featcache (one line; --debug shows the traceback)
+#   130  interrupted (Ctrl-C)
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MISSING_PATH = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
 def human_bytes(n: float) -> str:
@@ -23,36 +34,44 @@ def human_bytes(n: float) -> str:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (UsageError, FileNotFoundError, FileExistsError,
-                        IsADirectoryError, NotADirectoryError, ValueError, KeyError, *access_errors())):
+    """The table above, first match wins: access, then named paths, then the two base classes."""
+    if isinstance(exc, (PermissionError, *access_errors())):
+        return EXIT_DATA
+    if isinstance(exc, (UsageError, *MISSING_PATH)):
         return EXIT_USAGE
-    return EXIT_DATA
+    if isinstance(exc, (DataError, OSError)):
+        return EXIT_DATA
+    return EXIT_INTERNAL
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "(no message)"
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int],
             argv: Sequence[str] | None = None) -> int:
-    """Parse, run, and turn user-facing errors into one line on stderr (traceback with --debug)."""
+    """Parse, run, and turn every error into one line on stderr and an exit code (traceback with --debug)."""
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         return handler(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; no error, no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (DataError, UsageError, OSError, ValueError, KeyError, *access_errors()) as exc:
-        if getattr(args, "debug", False):
+    except Exception as exc:
+        if debug:
             traceback.print_exc()
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return exit_code_for(exc)
-    except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
-        if getattr(args, "debug", False):
-            raise
-        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_DATA
+        code = exit_code_for(exc)
+        if code == EXIT_INTERNAL:  # a bug, not a user mistake: still one line unless --debug
+            print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                  "(rerun with --debug for the traceback)", file=sys.stderr)
+        else:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+        return code
 
 
 def add_debug_flag(parser: argparse.ArgumentParser, default: object = False) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -35,7 +37,7 @@ def bind_cuda_device(local_rank: int) -> None:
     """Make ``cuda:local_rank`` this process's current device (before any collective)."""
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise ValueError(f"LOCAL_RANK {local_rank}: only {count} CUDA device(s) are visible; start torchrun with "
+        raise UsageError(f"LOCAL_RANK {local_rank}: only {count} CUDA device(s) are visible; start torchrun with "
                          f"--nproc_per_node={count} or fewer")
     torch.cuda.set_device(local_rank)
 

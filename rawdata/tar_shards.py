@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .remote_files import Files, RangedFile, is_url
+from .source import SourceError
 
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -121,7 +122,7 @@ def walk_shard(files: Files, path: str, size: int, keep: tuple[str, ...] = ()) -
         try:
             tar = tarfile.open(fileobj=fh, mode="r:")
         except tarfile.ReadError as exc:
-            raise ValueError(f"{path}: not a tar file ({exc})") from exc
+            raise SourceError(f"{path}: not a tar file ({exc})") from exc
         while True:
             try:
                 info = tar.next()

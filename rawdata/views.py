@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from featcache.plumbing.errors import UsageError
+
 VIEW_PARAMS = ("x0", "y0", "x1", "y1", "flip")
 EVAL_VIEW = np.array([0.0, 0.0, 1.0, 1.0, 0.0], np.float32)
 
@@ -68,7 +70,7 @@ def render_view(image, params: np.ndarray | None, size: int, resize_filter: str 
     from PIL import Image
 
     if resize_filter not in RESIZE_FILTERS:
-        raise ValueError(f"resize filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+        raise UsageError(f"resize filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
     if params is not None:
         image = apply_view(image, params)
     resample = getattr(Image.Resampling, resize_filter.upper())

@@ -1,32 +1,99 @@
-"""Checkpoints are plain dicts with constant keys, written atomically (temp file + rename)."""
+"""Checkpoints: the tensors in ``checkpoint.pt``, the run's config and history as JSON beside it
+(``checkpoint.json``).
+
+The tensors load with ``weights_only=True``: a run directory shared between people cannot run
+code on ``--resume``; a file holding pickled objects is refused with one line.
+
+Write order, so a half-written pair is never taken as complete: the JSON first, then the tensors,
+each atomically (``plumbing/atomic.py``). The tensors file is the commit point and names its epoch;
+the JSON beside it always covers at least that epoch (history only grows), so a kill between the
+two writes leaves the previous tensors next to a JSON one epoch ahead, cut back to the tensors'
+epoch on load. A JSON behind its tensors (or missing) cannot come from this order: refused.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import sys
+import warnings
 from typing import Any
 
 import torch
 
+from featcache.plumbing import atomic
+from featcache.plumbing.errors import DataError
+
+FORMAT = 2
 KEYS = ("learner", "optimizer", "scheduler", "epoch", "history", "config")
+TENSOR_KEYS = ("learner", "optimizer", "scheduler", "epoch")
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class CheckpointError(DataError):
+    """A checkpoint that cannot be resumed: unreadable, incomplete, or holding pickled code."""
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def json_path(path: str) -> str:
+    """``out/checkpoint.pt`` -> ``out/checkpoint.json``."""
+    return os.path.splitext(path)[0] + ".json"
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def save(path: str, *, learner: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any], epoch: int,
+         history: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    """The JSON (config, history) first, then the tensors: see the module docstring for why."""
+    atomic.write_json(json_path(path), {"format": FORMAT, "epoch": epoch, "history": history, "config": config})
+    tensors = {"format": FORMAT, "learner": learner, "optimizer": optimizer, "scheduler": scheduler, "epoch": epoch}
+    atomic.write_with(path, lambda fh: torch.save(tensors, fh))
+
+
+def _load_tensors(path: str) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds pickled objects, not only tensors, and loading "
+                              "them could run code; resume only checkpoints featcache-train wrote") from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).split(". ")[0] or type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a featcache-train checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing: the checkpoint's config and history are not beside its tensors"
+                              ) from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or not {"epoch", "history", "config"} <= set(doc):
+        raise CheckpointError(f"{path}: not a featcache-train checkpoint document")
+    return doc
+
+
+def load(path: str) -> dict[str, Any]:
+    """The checkpoint as one dict with ``KEYS``: tensors from ``path``, config and history from the JSON."""
+    state = _load_tensors(path)
+    if "config" in state and "history" in state:  # format 1: everything in one file (still tensors-only)
+        doc = {"epoch": state.get("epoch"), "history": state["history"], "config": state["config"]}
+    else:
+        doc = _read_json(json_path(path))
+    missing = [k for k in TENSOR_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a featcache-train checkpoint (missing {', '.join(missing)})")
+    epoch = int(state["epoch"])
+    if int(doc["epoch"]) < epoch or len(doc["history"]) < epoch:
+        raise CheckpointError(f"{json_path(path)}: covers epoch {doc['epoch']}, the tensors epoch {epoch}: "
+                              "an incomplete checkpoint; start the run again without --resume")
+    return {**{k: state[k] for k in TENSOR_KEYS}, "epoch": epoch, "history": list(doc["history"][:epoch]),
+            "config": doc["config"]}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -44,13 +111,6 @@ def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tu
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def load(path: str) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    missing = [k for k in KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not a featcache-train checkpoint (missing {', '.join(missing)})")
-    return ckpt
-
-
 def warn(message: str) -> None:
     print(f"featcache-train: warning: {message}", file=sys.stderr)
+

@@ -16,6 +16,7 @@ from typing import Sequence
 from featcache.plumbing.cli import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
 from featcache.plumbing import storage
 from featcache.plumbing.config import load_config
+from featcache.plumbing.errors import UsageError
 
 from .config import TrainConfig
 
@@ -62,9 +63,9 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
     if command == "sweep":
         from .sweep import run_sweep
         if not args.grid:
-            raise ValueError("sweep: give at least one --grid KEY=V1,V2,...")
+            raise UsageError("sweep: give at least one --grid KEY=V1,V2,...")
         if args.jobs < 1:
-            raise ValueError("--jobs: must be >= 1")
+            raise UsageError("--jobs: must be >= 1")
         res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run)
         if not args.dry_run:
             print(f"table: {PROG} compare {res['root']}")

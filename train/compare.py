@@ -16,6 +16,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from featcache.plumbing import atomic
+from featcache.plumbing.errors import UsageError
+
 from .config import FEATURE_DATA_KEYS, PIPELINE_DATA_KEYS
 from .methods import registry
 
@@ -198,7 +201,7 @@ CSV_FIELDS = ("method", "test_accuracy_mean", "test_accuracy_std", "error_vs_stl
 
 
 def write_csv(records: list[dict[str, Any]], path: str) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic.atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
@@ -212,7 +215,7 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ValueError("--plot needs matplotlib: pip install 'featcache[plot]'") from exc
+        raise UsageError("--plot needs matplotlib: pip install 'featcache[plot]'") from exc
     means = [r["test_accuracy_mean"] for r in records]
     stds = [r["test_accuracy_std"] for r in records]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(records)), 3.6))
@@ -223,7 +226,8 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(title or "mean ± std over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    atomic.write_with(path, lambda fh: fig.savefig(fh, dpi=120, format=fmt))
     plt.close(fig)
 
 

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from featcache.cache_tools import FeatureCache, require_complete
+from featcache.cache_tools import CacheError, FeatureCache, require_complete
 from featcache.cache_tools.inputs import Tokenizer, find_matching, image_spec, text_spec
+from featcache.plumbing.config import ConfigError
 from featcache.rawdata import Source, source_of
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.rawdata.views import render_view
@@ -98,7 +99,7 @@ class Inputs:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self.tokenizer = load_tokenizer(tokenizer) if self.modality == "text" else None
         if self.modality == "text" and self.tokenizer is None:
-            raise ValueError("data.tokenizer: text students need a local tokenizer directory")
+            raise ConfigError("data.tokenizer: text students need a local tokenizer directory")
 
     def _image(self, i: int, params: np.ndarray | None) -> np.ndarray:
         return render_view(self.source.load(int(i)), params, self.size, self.resize_filter)
@@ -134,7 +135,7 @@ def _wanted(cache: FeatureCache, student: StudentConfig,
     """The spec of inputs this student reads, the command that caches them, and its tokenizer."""
     if cache.source.get("modality", "image") == "text":
         if not cfg.tokenizer:
-            raise ValueError("data.tokenizer: text students need a local tokenizer directory")
+            raise ConfigError("data.tokenizer: text students need a local tokenizer directory")
         tok = Tokenizer(cfg.tokenizer)
         return (text_spec(tok, student.max_length), f"featcache-cache inputs {cache.path} --tokenizer "
                 f"{cfg.tokenizer} --max-length {student.max_length}", tok)
@@ -156,7 +157,7 @@ def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) ->
             return Inputs(None, student, tok or "", cfg.decode_threads, cached=cached, modality=wanted["kind"],
                           origin=f"{why}, {where}")
         if cfg.cached_inputs == "require":
-            raise ValueError(f"data.cached_inputs: 'require', but {why}; write them with `{hint}`")
+            raise ConfigError(f"data.cached_inputs: 'require', but {why}; write them with `{hint}`")
         origin = f"{made} ({why}; `{hint}` caches them)"
     return Inputs(source_of(cache, cfg.data_root), student, tok or "", cfg.decode_threads, origin=origin)
 
@@ -185,7 +186,7 @@ class FeatureBank:
                  standardize: bool = False) -> None:
         self.cache, self.teachers = cache, list(teachers) or cache.teachers
         if not self.teachers:
-            raise ValueError(f"{cache.path}: store has no teachers; feature methods need one")
+            raise CacheError(f"{cache.path}: store has no teachers; feature methods need one")
         for t in self.teachers:
             cache.teacher_info(t)  # KeyError names the teacher and the ones present
         self.dims = [cache.teacher_info(t)["dim"] for t in self.teachers]
@@ -287,7 +288,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
         return _unlabeled_splits(cfg, student, cache, inputs)
     train_rows = cache.labeled_rows()
     if len(train_rows) == 0:
-        raise ValueError(f"{cfg.store}: no valid labeled rows to train on")
+        raise CacheError(f"{cfg.store}: no valid labeled rows to train on")
     held_out = []
     splits: dict[str, Split] = {}
     for name, path, fraction in (("test", cfg.test_store, cfg.test_fraction), ("val", cfg.val_store, cfg.val_fraction)):
@@ -322,7 +323,7 @@ def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -
 def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
                       inputs: Inputs) -> tuple[dict[str, Split], int]:
     if not cfg.test_store:
-        raise ValueError("data.test_store: training on unlabeled rows needs a labeled test store")
+        raise ConfigError("data.test_store: training on unlabeled rows needs a labeled test store")
     splits = {"train": Split("train", cache, inputs, np.flatnonzero(cache.valid)),
               "test": store_split("test", cfg.test_store, cfg, student)}
     test = splits["test"]

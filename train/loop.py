@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from featcache.plumbing import storage
-from featcache.plumbing.config import load_config, to_dict
+from featcache.plumbing import atomic, storage
+from featcache.plumbing.config import ConfigError, load_config, to_dict
+from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
 
@@ -24,7 +25,6 @@ from . import checkpoint as ckpt_io
 from . import methods
 from .config import TrainConfig
 from .data import FeatureBank, Inputs, Split, build_splits, describe_inputs
-from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from .losses import MethodLoss
 from .methods import BuildContext
 from .prefetch import prefetch
@@ -65,7 +65,7 @@ def teacher_probe(seed: int, bank: FeatureBank, split: Split, num_classes: int, 
     feats = bank.take_eval(split.rows)
     probe = fit_linear_probe(feats, split.labels, num_classes, seed=seed)
     log(f"teacher probe: train accuracy {probe_accuracy(probe, feats, split.labels):.4f} on {len(feats)} rows")
-    torch.save(probe.state_dict(), path)
+    atomic.write_with(path, lambda fh: torch.save(probe.state_dict(), fh))
     return probe
 
 
@@ -261,7 +261,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
                        cfg.data.standardize_teachers) if spec.needs_features else None
     extra = cfg.data.unlabeled_per_batch if bank is not None else 0
     if extra and not bank.in_memory:
-        raise ValueError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "
+        raise ConfigError("data.unlabeled_per_batch: needs the features in memory; raise data.max_ram_gb "
                          f"(they are {bank.dim}-d over {train.cache.rows} rows)")
     if extra:
         log(f"unlabeled rows: {extra} per batch from {len(train.unlabeled)} rows outside the label budget "
@@ -288,7 +288,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     rank_unlabeled = shard_rows(train.unlabeled, dist_)
     steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
     if steps == 0:
-        raise ValueError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
                          f"{len(train.rows) // dist_.world} training rows per process")
     total, warmup = steps * cfg.optim.epochs, int(steps * cfg.optim.warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
@@ -348,19 +348,18 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         log(f"epoch {epoch + 1}/{cfg.optim.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
             + f"  val_acc {val_text}  {record['rows_per_second']:.0f} rows/s")
         if dist_.is_main:
-            ckpt_io.save_atomic({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                                 "config": to_dict(cfg)}, ckpt_path)
-            ckpt_io.write_text_atomic(os.path.join(cfg.out_dir, "metrics.jsonl"),
-                                      "".join(_json_line(r) for r in history))
+            ckpt_io.save(ckpt_path, learner=learner.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history, config=to_dict(cfg))
+            atomic.write_text(os.path.join(cfg.out_dir, "metrics.jsonl"), "".join(_json_line(r) for r in history))
         barrier()
     test = evaluate(learner, splits["test"], num_classes, device, dist_, **loader)
     results = _results(cfg, splits, bank, history, test, count_parameters(student), time.time() - t_start, dist_,
                        str(device))
     if dist_.is_main:
-        torch.save({"model": student.state_dict()}, os.path.join(cfg.out_dir, "student.pt"))
-        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results)
-        ckpt_io.write_json_atomic(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+        weights = {"model": student.state_dict()}
+        atomic.write_with(os.path.join(cfg.out_dir, "student.pt"), lambda fh: torch.save(weights, fh))
+        atomic.write_json(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+        atomic.write_json(os.path.join(cfg.out_dir, "results.json"), results)  # last: marks the run done
     log(f"done: {cfg.method.name} test accuracy {test['accuracy']:.4f} on {test['rows']} rows "
         f"({results['wall_seconds']:.1f} s) -> {cfg.out_dir}/results.json")
     return results

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featcache.plumbing.errors import DataError
+
 EPS = 1e-8
 
 
@@ -151,7 +153,7 @@ class LogitDistill(MethodLoss):
 
     def forward(self, logits, h, phi, y):
         if phi.shape[1] != logits.shape[1]:
-            raise ValueError(f"teacher logits have {phi.shape[1]} classes, the student {logits.shape[1]}")
+            raise DataError(f"teacher logits have {phi.shape[1]} classes, the student {logits.shape[1]}")
         return {"kd": soft_target_kl(logits, phi, self.t)}
 
 

@@ -61,7 +61,7 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
     """
     import os
 
-    from .checkpoint import write_json_atomic
+    from featcache.plumbing import atomic
     from .data import FeatureBank, build_splits
 
     splits, num_classes = build_splits(cfg.data, cfg.student)
@@ -96,5 +96,5 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
         log(f"| {name} | {bank.dim} | {len(train.rows)} | {fmt(scores['val'])} | {fmt(scores['test'])} | "
             f"{fmt(scores.get('test_knn5'))} |")
     os.makedirs(cfg.out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(cfg.out_dir, "probe.json"), out)
+    atomic.write_json(os.path.join(cfg.out_dir, "probe.json"), out)
     return out

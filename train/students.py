@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from featcache.plumbing.config import ConfigError
+from featcache.plumbing.errors import DataError
+
 
 @dataclass(frozen=True)
 class StudentSpec:
@@ -71,7 +74,7 @@ class TinyViT(nn.Module):
     def __init__(self, spec: StudentSpec, patch: int = 4, depth: int = 4, heads: int = 4) -> None:
         super().__init__()
         if spec.image_size % patch:
-            raise ValueError(f"image_size {spec.image_size} must be a multiple of the patch size {patch}")
+            raise ConfigError(f"student.image_size {spec.image_size} must be a multiple of the patch size {patch}")
         d = spec.width
         self.patchify = nn.Conv2d(3, d, patch, stride=patch)
         n = (spec.image_size // patch) ** 2
@@ -188,20 +191,41 @@ STUDENTS = {**IMAGE_STUDENTS, **TEXT_STUDENTS}
 
 def build_student(spec: StudentSpec, checkpoint: str | None = None) -> nn.Module:
     if spec.name not in STUDENTS:
-        raise ValueError(f"student {spec.name!r} unknown (known: {', '.join(STUDENTS)})")
+        raise ConfigError(f"student {spec.name!r} unknown (known: {', '.join(STUDENTS)})")
     model = STUDENTS[spec.name](spec)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = _read_weights(checkpoint)
         state = state.get("model", state)
         own = model.state_dict()
         # a checkpoint of another task may carry another head: keep everything else
-        kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        kept = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and own[k].shape == v.shape}
         skipped = sorted(set(own) - set(kept))
         if not kept or any(not k.startswith("head.") for k in skipped):
-            raise ValueError(f"{checkpoint}: does not match student {spec.name} "
-                             f"(unmatched: {', '.join(skipped[:5])})")
+            raise StudentWeightsError(f"{checkpoint}: does not match student {spec.name} "
+                                      f"(unmatched: {', '.join(skipped[:5])})")
         model.load_state_dict(kept, strict=False)
     return model
+
+
+class StudentWeightsError(DataError):
+    """A weights file that does not load into the student: not tensors, damaged, or another model's."""
+
+
+def _read_weights(path: str) -> dict:
+    """Tensors only (``weights_only``): a weights file never runs code."""
+    import pickle
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: student weights not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise StudentWeightsError(f"{path}: refused: it holds pickled objects, not only tensors") from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise StudentWeightsError(f"{path}: not a readable weights file ({str(exc).split('. ')[0]})") from exc
+    if not isinstance(state, dict):
+        raise StudentWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def read_word_embeddings(path: str) -> torch.Tensor:
@@ -223,20 +247,20 @@ def read_word_embeddings(path: str) -> torch.Tensor:
                 if key is not None:
                     return fh.get_tensor(key).float()
         else:
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            state = _read_weights(f)
             key = next((k for k in state if k.endswith("word_embeddings.weight")), None)
             if key is not None:
                 return state[key].float()
-        raise ValueError(f"{f}: no word_embeddings.weight tensor")
+        raise StudentWeightsError(f"{f}: no word_embeddings.weight tensor")
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin to read embeddings from")
 
 
 def init_embeddings(model: nn.Module, table: torch.Tensor, origin: str) -> None:
     embed = getattr(model, "embed", None)
     if not isinstance(embed, nn.Embedding):
-        raise ValueError("student.embeddings: only text students have a token embedding table")
+        raise ConfigError("student.embeddings: only text students have a token embedding table")
     if tuple(table.shape) != tuple(embed.weight.shape):
-        raise ValueError(f"student.embeddings: {origin} holds a {tuple(table.shape)} table, the student "
+        raise ConfigError(f"student.embeddings: {origin} holds a {tuple(table.shape)} table, the student "
                          f"{tuple(embed.weight.shape)}; set student.width = {table.shape[1]} (and use its tokenizer)")
     with torch.no_grad():
         embed.weight.copy_(table)
@@ -260,5 +284,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["StudentSpec", "build_student", "read_word_embeddings", "init_embeddings", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
+__all__ = ["StudentSpec", "StudentWeightsError", "build_student", "read_word_embeddings", "init_embeddings", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
            "TEXT_STUDENTS"]

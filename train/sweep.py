@@ -24,10 +24,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from featcache.plumbing import storage
+from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError, load_config, parse_override, to_dict
 
-from .checkpoint import write_json_atomic
 from .config import FEATURE_DATA_KEYS, PIPELINE_DATA_KEYS, TrainConfig
 from .methods import registry
 
@@ -177,7 +176,7 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
         return {"root": root, "runs": len(runs), "ran": 0, "failed": []}
     os.makedirs(root, exist_ok=True)
     grid_id = hashlib.sha256(json.dumps([config_path, list(overrides), list(grid)]).encode()).hexdigest()[:8]
-    write_json_atomic(os.path.join(root, f"sweep-{grid_id}.json"), {
+    atomic.write_json(os.path.join(root, f"sweep-{grid_id}.json"), {
         "config": os.path.abspath(config_path), "overrides": list(overrides), "grid": list(grid),
         "axes": [{"key": a.key, "values": list(a.values), "only_method": a.only_method} for a in axes],
         "runs": [r.name for r in runs]})

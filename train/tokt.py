@@ -23,9 +23,9 @@ import torch
 
 from featcache.cache_tools import FeatureCache
 
-from featcache.plumbing.config import load_config, to_dict
+from featcache.plumbing import atomic
+from featcache.plumbing.config import ConfigError, load_config, to_dict
 
-from .checkpoint import write_json_atomic
 from .config import TrainConfig
 from .data import FeatureBank, build_splits
 from .loop import run
@@ -77,7 +77,7 @@ def fit_task_head(cfg: ToktConfig, out_dir: str, log: Log) -> tuple[torch.nn.Lin
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     os.makedirs(out_dir, exist_ok=True)
-    torch.save(state, os.path.join(out_dir, "head.pt"))
+    atomic.write_with(os.path.join(out_dir, "head.pt"), lambda fh: torch.save(state, fh))
     return head, digest
 
 
@@ -107,7 +107,7 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, variant: str = "tokt",
     """The three steps. ``tokt_random`` distils on the random transfer set; ``task_agnostic``
     is the paper's baseline (step 2 matches the teacher's features instead of the task logits)."""
     if variant not in TOKT_VARIANTS:
-        raise ValueError(f"tokt variant {variant!r} unknown (known: {', '.join(TOKT_VARIANTS)})")
+        raise ConfigError(f"tokt variant {variant!r} unknown (known: {', '.join(TOKT_VARIANTS)})")
     out = out_dir or cfg.out_dir
     transfer = cfg.tokt.random_transfer_store if variant == "tokt_random" else cfg.tokt.transfer_store
     if variant == "task_agnostic":
@@ -130,7 +130,7 @@ def run_tokt(cfg: ToktConfig, out_dir: str | None = None, variant: str = "tokt",
     res = run(fine, log=log)
     summary = {**res, "variant": variant, "transfer_store": transfer,
                "pretrain_test_accuracy": pre_res["test_accuracy"], "tokt": to_dict(cfg)["tokt"]}
-    write_json_atomic(os.path.join(out, "results.json"), summary)
+    atomic.write_json(os.path.join(out, "results.json"), summary)
     return summary
 
 
@@ -155,8 +155,7 @@ def compare(cfg: ToktConfig, log: Log = print) -> list[dict[str, Any]]:
             res = run_variant(cfg, variant, seed, out, log=lambda _m: None)
             log(f"{variant:<14} seed {seed}: test accuracy {res['test_accuracy']:.4f}")
     records = summarize(cfg.out_dir)
-    write_json_atomic(os.path.join(cfg.out_dir, "compare.json"), {"table": records, "config": to_dict(cfg)})
-    with open(os.path.join(cfg.out_dir, "compare.md"), "w") as fh:
-        fh.write(markdown(records) + "\n")
+    atomic.write_json(os.path.join(cfg.out_dir, "compare.json"), {"table": records, "config": to_dict(cfg)})
+    atomic.write_text(os.path.join(cfg.out_dir, "compare.md"), markdown(records) + "\n")
     log(markdown(records))
     return records

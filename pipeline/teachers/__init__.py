@@ -10,7 +10,7 @@ import torch
 from ..config import TeacherConfig
 from featcache.plumbing.paths import resolve_path
 
-from .base import Teacher, TeacherError, best_device
+from .base import Teacher, TeacherError, TeacherWeightsError, best_device
 
 
 def _open_clip(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
@@ -42,4 +42,4 @@ def build_teacher(cfg: TeacherConfig, device: torch.device, modality: str) -> Te
     return REGISTRY[cfg.kind](cfg, device, modality)
 
 
-__all__ = ["REGISTRY", "Teacher", "TeacherError", "best_device", "build_teacher"]
+__all__ = ["REGISTRY", "Teacher", "TeacherError", "TeacherWeightsError", "best_device", "build_teacher"]

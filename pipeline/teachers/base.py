@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from featcache.plumbing.errors import DataError, UsageError
+
 
 class Teacher(Protocol):
     name: str
@@ -34,8 +36,12 @@ class Teacher(Protocol):
         """The same features with autograd on the model's device, to fine-tune the teacher."""
 
 
-class TeacherError(ValueError):
-    """A teacher that cannot be built as configured (unknown model, bad checkpoint, bad option)."""
+class TeacherError(UsageError):
+    """A teacher that cannot be built as configured (unknown model, missing checkpoint, bad option)."""
+
+
+class TeacherWeightsError(DataError):
+    """A teacher checkpoint that does not load: not tensors only, damaged, or another model's weights."""
 
 
 def library_version(dist: str) -> str:

@@ -8,13 +8,14 @@ leftover on either side is an error that lists it.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from typing import Any, Callable
 
 import torch
 
 from ..config import TeacherConfig
-from .base import TeacherError, describe_transform, finish, inference, library_version, state_dict_sha256
+from .base import TeacherError, TeacherWeightsError, describe_transform, finish, inference, library_version, state_dict_sha256
 
 _EFFNET_BLOCK = {  # efficientnet_pytorch names inside a block -> timm names
     "expand": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -43,12 +44,12 @@ def remap_efficientnet_pytorch(state: dict[str, torch.Tensor], model: torch.nn.M
             n, part, rest = int(m.group(1)), m.group(2), m.group(3)
             names = _EFFNET_BLOCK["expand" if n in expands else "depthwise"]
             if n >= len(timm_blocks) or part not in names:
-                raise TeacherError(f"checkpoint key {key}: no matching timm block parameter")
+                raise TeacherWeightsError(f"checkpoint key {key}: no matching timm block parameter")
             out[f"{timm_blocks[n]}.{names[part]}.{rest}"] = value
             continue
         top, _, rest = key.partition(".")
         if top not in _EFFNET_TOP:
-            raise TeacherError(f"checkpoint key {key}: no matching timm parameter")
+            raise TeacherWeightsError(f"checkpoint key {key}: no matching timm parameter")
         out[f"{_EFFNET_TOP[top]}.{rest}"] = value
     return out
 
@@ -65,7 +66,12 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TeacherWeightsError(f"{path}: refused: it holds pickled objects, not only tensors") from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise TeacherWeightsError(f"{path}: not a readable checkpoint ({str(exc).split('. ')[0]})") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -81,7 +87,7 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: 
         parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
                  f"{len(extra)} unexpected ({', '.join(extra[:3])})" if extra else "",
                  f"{len(shapes)} of another shape ({', '.join(sorted(shapes)[:3])})" if shapes else ""]
-        raise TeacherError(f"{origin}: weights do not match the model: " + "; ".join(p for p in parts if p))
+        raise TeacherWeightsError(f"{origin}: weights do not match the model: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
 
 

@@ -323,6 +323,9 @@ def test_store_keeps_the_shard_index_and_reopens_without_walking(tmp_path, timm_
     s = extract(tmp_path / "w.zarr", {"kind": "webdataset", "shards": paths}, [timm_teacher(timm_ckpt)])
     cache = FeatureCache.open(s.path)
     assert verify(cache).ok and cache.info()["source_index"]["shards"] == 2
+    from featcache.cache_tools import convert
+    copy = FeatureCache.open(convert(s.path, str(tmp_path / "w.h5")).path)  # the index travels with a convert
+    assert copy.source_index() == cache.source_index() and verify(copy).ok
 
     def no_walk(*_a, **_k):
         raise AssertionError("walked")

@@ -7,7 +7,7 @@ import torch
 from featcache.cache_tools import FeatureCache, verify
 from featcache.rawdata import default_fashion_mnist_root, fashion_mnist
 from featcache.pipeline.config import TeacherConfig
-from featcache.pipeline.teachers import TeacherError, build_teacher
+from featcache.pipeline.teachers import TeacherWeightsError, build_teacher
 from featcache.train.probe import fit_linear_probe, probe_accuracy
 
 from conftest import MINILM, clip_teacher, extract, timm_teacher  # noqa: E402
@@ -21,7 +21,7 @@ def test_timm_strict_load_names_what_does_not_match(timm_ckpt, tmp_path):
     state.pop(next(iter(state)))
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(TeacherError, match=r"1 missing .*1 unexpected"):
+    with pytest.raises(TeacherWeightsError, match=r"1 missing .*1 unexpected"):
         build_teacher(TeacherConfig(**timm_teacher(str(tmp_path / "bad.pt"))), CPU, "image")
 
 

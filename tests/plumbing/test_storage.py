@@ -76,6 +76,6 @@ def test_missing_credentials_are_one_line(monkeypatch, capsys):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    assert main(["ls", "s3://no-such-bucket/caches", "--storage-option", "endpoint_url=http://127.0.0.1:9"]) == 2
+    assert main(["ls", "s3://no-such-bucket/caches", "--storage-option", "endpoint_url=http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert err == "featcache-cache: error: Unable to locate credentials\n"

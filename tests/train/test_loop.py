@@ -77,18 +77,18 @@ def test_outputs_metrics_results_and_resume_equals_uninterrupted(synth, tmp_path
     full = run(cfg_for(train, test, tmp_path / "full", epochs=4), log=quiet)
     part = tmp_path / "part"
     from featcache.train import checkpoint
-    real_save, saves = checkpoint.save_atomic, []
+    real_save, saves = checkpoint.save, []
 
-    def save_then_die(obj, path):  # the process is killed right after its 2nd checkpoint
-        real_save(obj, path)
+    def save_then_die(path, **state):  # the process is killed right after its 2nd checkpoint
+        real_save(path, **state)
         saves.append(path)
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save_atomic", save_then_die)
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(cfg_for(train, test, part, epochs=4), log=quiet)
-    monkeypatch.setattr(checkpoint, "save_atomic", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
     assert not (part / "results.json").exists()
     resumed = run(cfg_for(train, test, part, epochs=4), resume=True, log=quiet)
     assert resumed["test_accuracy"] == full["test_accuracy"]
