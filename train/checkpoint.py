@@ -14,15 +14,14 @@ epoch on load. A JSON behind its tensors (or missing) cannot come from this orde
 from __future__ import annotations
 
 import os
-import pickle
 import sys
-import warnings
 from typing import Any
 
 import torch
 
 from featcache.plumbing import atomic
 from featcache.plumbing.errors import DataError
+from featcache.plumbing.weights import read_tensors
 
 FORMAT = 2
 KEYS = ("learner", "optimizer", "scheduler", "epoch", "history", "config")
@@ -47,19 +46,7 @@ def save(path: str, *, learner: dict[str, Any], optimizer: dict[str, Any], sched
 
 
 def _load_tensors(path: str) -> dict[str, Any]:
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: it holds pickled objects, not only tensors, and loading "
-                              "them could run code; resume only checkpoints featcache-train wrote") from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).split(". ")[0] or type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a featcache-train checkpoint (holds a {type(state).__name__})")
-    return state
+    return read_tensors(path, CheckpointError, "featcache-train checkpoint")
 
 
 def _read_json(path: str) -> dict[str, Any]:

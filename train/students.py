@@ -17,6 +17,7 @@ from torch import nn
 
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import DataError
+from featcache.plumbing.weights import read_tensors
 
 
 @dataclass(frozen=True)
@@ -213,19 +214,9 @@ class StudentWeightsError(DataError):
 
 def _read_weights(path: str) -> dict:
     """Tensors only (``weights_only``): a weights file never runs code."""
-    import pickle
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: student weights not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise StudentWeightsError(f"{path}: refused: it holds pickled objects, not only tensors") from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise StudentWeightsError(f"{path}: not a readable weights file ({str(exc).split('. ')[0]})") from exc
-    if not isinstance(state, dict):
-        raise StudentWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state
+    return read_tensors(path, StudentWeightsError)
 
 
 def read_word_embeddings(path: str) -> torch.Tensor:

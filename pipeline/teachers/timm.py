@@ -8,11 +8,12 @@ leftover on either side is an error that lists it.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from typing import Any, Callable
 
 import torch
+
+from featcache.plumbing.weights import read_tensors
 
 from ..config import TeacherConfig
 from .base import TeacherError, TeacherWeightsError, describe_transform, finish, inference, library_version, state_dict_sha256
@@ -66,14 +67,9 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise TeacherWeightsError(f"{path}: refused: it holds pickled objects, not only tensors") from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise TeacherWeightsError(f"{path}: not a readable checkpoint ({str(exc).split('. ')[0]})") from exc
+    state = read_tensors(path, TeacherWeightsError, "checkpoint")
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
+        if isinstance(state.get(key), dict):
             state = state[key]
     return state
 

@@ -1,6 +1,7 @@
 """Tiny real models saved as local checkpoints, and small real image/text data on disk."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -93,3 +94,48 @@ def extract(store, source, teachers, add_teacher=False, **kw):
                                                                **kw.pop("output", {})},
             "batch_size": 5, **kw}
     return run_extract(load_config(ExtractConfig, data=data), add_teacher=add_teacher, log=lambda _m: None)
+
+
+# -- a real S3 server on loopback (moto's server mode), for test_s3.py and test_shards_remote.py --
+BUCKET = "team"
+
+
+def _user(iam, name: str, actions: list[str]) -> dict[str, str]:
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A loopback S3 server with IAM on; the writer's keys in the environment, the endpoint not.
+    One per session: moto keeps its state per process, so a second server would share (and
+    trip over) the first one's users and its IAM switch."""
+    import boto3
+    moto_server = pytest.importorskip("moto.server")
+    from moto import settings
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="bootstrap", AWS_SECRET_ACCESS_KEY="bootstrap", AWS_DEFAULT_REGION="us-east-1")
+    iam = boto3.client("iam", endpoint_url=endpoint)
+    writer = _user(iam, "writer", ["s3:*"])
+    reader = _user(iam, "reader", ["s3:GetObject", "s3:ListBucket"])
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    old_count = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from here on every request is checked against IAM
+    os.environ.update(AWS_ACCESS_KEY_ID=writer["key"], AWS_SECRET_ACCESS_KEY=writer["secret"])
+    yield {"endpoint": endpoint, "writer": writer, "reader": reader}
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = old_count
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

@@ -5,7 +5,6 @@ user who may only read. Nothing of s3fs or zarr is mocked.
 """
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -22,49 +21,10 @@ from featcache.plumbing import storage
 from featcache.cache_tools.cli import main as cache_main
 from featcache.plumbing.config import load_config
 
-from conftest import extract, make_images, timm_teacher  # noqa: E402
+from conftest import BUCKET, extract, make_images, timm_teacher  # noqa: E402  (the s3 server fixture is there too)
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-BUCKET = "team"
-
-
-def _user(iam, name: str, actions: list[str]) -> dict[str, str]:
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-    iam.create_user(UserName=name)
-    iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A loopback S3 server with IAM on; the writer's keys in the environment, the endpoint not."""
-    import boto3
-    from moto import settings
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="bootstrap", AWS_SECRET_ACCESS_KEY="bootstrap", AWS_DEFAULT_REGION="us-east-1")
-    iam = boto3.client("iam", endpoint_url=endpoint)
-    writer = _user(iam, "writer", ["s3:*"])
-    reader = _user(iam, "reader", ["s3:GetObject", "s3:ListBucket"])
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    old_count = settings.INITIAL_NO_AUTH_ACTION_COUNT
-    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from here on every request is checked against IAM
-    os.environ.update(AWS_ACCESS_KEY_ID=writer["key"], AWS_SECRET_ACCESS_KEY=writer["secret"])
-    yield {"endpoint": endpoint, "writer": writer, "reader": reader}
-    settings.INITIAL_NO_AUTH_ACTION_COUNT = old_count
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+pytest.importorskip("moto.server")
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ from featcache.plumbing import storage
 from featcache.rawdata import SourceError, open_source, source_of, webdataset
 from featcache.rawdata import tar_shards
 
-from conftest import extract, make_images, timm_teacher  # noqa: E402
+from conftest import BUCKET, extract, make_images, timm_teacher  # noqa: E402  (and the session s3 server fixture)
 from test_formats import _by_image, make_parquet, make_shards  # noqa: E402
-from test_s3 import BUCKET, flag, fresh_options, s3, train_config  # noqa: E402,F401 - fixtures
+from test_s3 import flag, fresh_options, train_config  # noqa: E402,F401 - fresh_options is an autouse fixture
 
 s3fs = pytest.importorskip("s3fs")
 
