@@ -1,4 +1,4 @@
-"""Package discovery for the three rooms; the project metadata lives in pyproject.toml.
+"""Package discovery for the five rooms; the project metadata lives in pyproject.toml.
 
 Each top-level folder installs as ``featcache.<folder>`` with every sub-package found
 under it, so a new sub-package (``pipeline/teachers``) can never be left out of a wheel.

@@ -59,7 +59,7 @@ SOURCE_INDEX_KEY = "featcache_source_index"
 SOURCE_GROUP = "source"
 INDEX_PART = "_index"
 DEFAULT_PARTITION_ROWS = 4096
-TARGET_CHUNK_BYTES = 4 << 20  # chunks land between 2 and 8 MiB: see DESIGN.md
+TARGET_CHUNK_BYTES = 4 << 20  # chunks land between 2 and 8 MiB: see docs/store-format.md, docs/benchmarks.md
 FEATURE_DTYPES = ("float16", "float32")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -94,8 +94,8 @@ def demo_dir(tmp_path_factory):
 
 
 def test_every_snippet_of_the_python_api_doc_runs(demo_dir, monkeypatch):
-    """The README's snippet first, then the page's, top to bottom in one namespace (the second
-    extraction finds the store complete and resumes it: nothing left to do)."""
+    """The README's snippet first (into its own stores/api), then the page's, top to bottom in one
+    namespace."""
     blocks = [(README, b) for b in python_blocks(README)] + [(DOC, b) for b in python_blocks(DOC)]
     assert len(blocks) >= 6
     monkeypatch.chdir(demo_dir)
@@ -104,7 +104,8 @@ def test_every_snippet_of_the_python_api_doc_runs(demo_dir, monkeypatch):
         exec(compile(block, f"{page} (python block {i + 1})", "exec"), ns)
     summary, result, table = ns["summary"], ns["result"], ns["table"]
     assert (summary.rows, summary.valid_rows, summary.teachers, summary.complete) == (500, 500, {"tiny": 256}, True)
-    assert summary.rows_done == 0  # the README's call extracted them
+    assert summary.rows_done == 500  # the page's store, not the README's (stores/api)
+    assert os.path.isdir("stores/api/train.zarr") and os.path.isfile("runs/api/aft/results.json")
     with pytest.raises(dataclasses.FrozenInstanceError):
         summary.rows = 1
     assert result.method == "aft" and result.results["config"]["method"]["beta"] == 1.0
