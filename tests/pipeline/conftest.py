@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -89,11 +90,40 @@ def hf_dirs(tmp_path_factory):
     return {k: str(d / k) for k in ("vit", "bert", "gpt2")}
 
 
-def extract(store, source, teachers, add_teacher=False, **kw):
-    data = {"source": source, "teachers": teachers, "output": {"store": str(store), "partition_rows": 8,
+def extract_data(store, source, teachers, **kw):
+    """An extraction config's tables; ``output={...}`` adds to [output], other keywords are top-level."""
+    return {"source": source, "teachers": teachers, "output": {"store": str(store), "partition_rows": 8,
                                                                **kw.pop("output", {})},
             "batch_size": 5, **kw}
+
+
+def extract(store, source, teachers, add_teacher=False, **kw):
+    data = extract_data(store, source, teachers, **kw)
     return run_extract(load_config(ExtractConfig, data=data), add_teacher=add_teacher, log=lambda _m: None)
+
+
+def write_extract_config(path, store, source, teachers, **kw) -> str:
+    """The same tables as a TOML file, for the console scripts and torchrun."""
+    path.write_text(_toml(extract_data(store, source, teachers, **kw)))
+    return str(path)
+
+
+def _toml(table, prefix=""):
+    """Plain values first, then sub-tables and arrays of tables (JSON's scalars and lists are TOML's)."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in table.items()
+             if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))]
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            lines += [f"[{name}]", _toml(v, f"{name}.")]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            lines += [part for item in v for part in (f"[[{name}]]", _toml(item, f"{name}."))]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def exe(name):
+    """A console script of the interpreter running the tests."""
+    return os.path.join(os.path.dirname(sys.executable), name)
 
 
 # -- a real S3 server on loopback (moto's server mode), for test_s3.py and test_shards_remote.py --

@@ -3,8 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -19,7 +17,7 @@ from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.extract import ExtractError
 from featcache.pipeline.teachers import build_teacher
 
-from conftest import clip_teacher, extract, make_images, timm_teacher  # noqa: E402
+from conftest import clip_teacher, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 
 def test_two_teachers_one_decode_per_input(images, timm_ckpt, clip_files, tmp_path, monkeypatch):
@@ -93,37 +91,18 @@ def test_refuses_other_teacher_or_data_then_adds_teacher_on_request(images, timm
 
 
 def _config_file(tmp_path, images, ckpt, store, views=2):
-    path = tmp_path / f"{os.path.basename(store)}.toml"
-    path.write_text(textwrap.dedent(f"""
-        views = {views}
-        batch_size = 4
-        [source]
-        kind = "image_folder"
-        root = {images!r}
-        [[teachers]]
-        name = "effnet"
-        kind = "timm"
-        model = "test_efficientnet"
-        pretrained = {ckpt!r}
-        image_size = 64
-        [output]
-        store = {store!r}
-        partition_rows = 4
-    """))
-    return str(path)
-
-
-def _exe(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
+    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store,
+                                {"kind": "image_folder", "root": images}, [timm_teacher(ckpt, image_size=64)],
+                                views=views, batch_size=4, output={"partition_rows": 4})
 
 
 def test_resume_after_kill_9_gives_the_same_store(tmp_path, timm_ckpt):
     images = make_images(tmp_path / "imgs", classes=4, per_class=15)
     ref = _config_file(tmp_path, images, timm_ckpt, str(tmp_path / "ref.zarr"))
-    assert subprocess.run([_exe("featcache-extract"), ref], capture_output=True).returncode == 0
+    assert subprocess.run([exe("featcache-extract"), ref], capture_output=True).returncode == 0
     store = str(tmp_path / "killed.zarr")
     cfg = _config_file(tmp_path, images, timm_ckpt, store)
-    proc = subprocess.Popen([_exe("featcache-extract"), cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe("featcache-extract"), cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker_dir = os.path.join(store, "_partitions", "effnet")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -134,7 +113,7 @@ def test_resume_after_kill_9_gives_the_same_store(tmp_path, timm_ckpt):
     proc.wait()
     half = FeatureCache.open(store)
     assert not half.is_complete, "killed too late to test a resume"
-    res = subprocess.run([_exe("featcache-extract"), cfg], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-extract"), cfg], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stdout + res.stderr
     a, b = FeatureCache.open(str(tmp_path / "ref.zarr")), FeatureCache.open(store)
@@ -150,8 +129,8 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, timm_ckpt):
     one = _config_file(tmp_path, images, timm_ckpt, str(tmp_path / "one.zarr"))
     two = _config_file(tmp_path, images, timm_ckpt, str(tmp_path / "two.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels on both sides: bit-equal features
-    assert subprocess.run([_exe("featcache-extract"), one], capture_output=True, env=env).returncode == 0
-    res = subprocess.run([_exe("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "featcache.pipeline.cli",
+    assert subprocess.run([exe("featcache-extract"), one], capture_output=True, env=env).returncode == 0
+    res = subprocess.run([exe("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "featcache.pipeline.cli",
                           two], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = FeatureCache.open(str(tmp_path / "one.zarr")), FeatureCache.open(str(tmp_path / "two.zarr"))
@@ -163,13 +142,13 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, timm_ckpt):
 def test_cli_errors_are_one_line(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[teachers]]\nname = "x"\nkind = "magic"\n')
-    res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "teachers[0].kind: 'magic' is not one of" in res.stderr
     assert res.stderr.count("\n") == 1
     cfg.write_text('[source]\nkind = "image_folder"\nroot = "/no/such/dir"\n')
-    res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "/no/such/dir: image folder not found" in res.stderr
-    res = subprocess.run([_exe("featcache-extract"), str(cfg), "--teachers", "clip"], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-extract"), str(cfg), "--teachers", "clip"], capture_output=True, text=True)
     assert res.returncode == 2 and "--teachers: clip not in the config" in res.stderr
 
 

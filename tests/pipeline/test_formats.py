@@ -17,7 +17,7 @@ from featcache.cache_tools import FeatureCache  # noqa: E402
 from featcache.rawdata import open_source, parquet, SourceError, webdataset  # noqa: E402
 from featcache.rawdata.tar_shards import expand_braces  # noqa: E402
 
-from conftest import extract, make_images, timm_teacher  # noqa: E402
+from conftest import exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 
 def _folder_files(root):
@@ -154,29 +154,11 @@ def test_corrupt_members_and_cells_are_invalid_rows(tmp_path):
         parquet(str(tmp_path / "bad.parquet"), text_column="caption")
 
 
-def _exe(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
 
 def _wds_config(tmp_path, pattern, ckpt, store):
-    path = tmp_path / f"{os.path.basename(store)}.toml"
-    path.write_text(textwrap.dedent(f"""
-        batch_size = 3
-        [source]
-        kind = "webdataset"
-        root = {pattern!r}
-        [[teachers]]
-        name = "effnet"
-        kind = "timm"
-        model = "test_efficientnet"
-        pretrained = {ckpt!r}
-        image_size = 32
-        [output]
-        store = {store!r}
-        partition_rows = 4
-    """))
-    return str(path)
-
+    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store,
+                                {"kind": "webdataset", "root": pattern}, [timm_teacher(ckpt)],
+                                batch_size=3, output={"partition_rows": 4})
 
 def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
     images = make_images(tmp_path / "images", classes=2, per_class=7)
@@ -185,9 +167,9 @@ def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
     one = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "one.zarr"))
     two = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "two.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels on both sides: bit-equal features
-    res = subprocess.run([_exe("featcache-extract"), one], capture_output=True, text=True, env=env)
+    res = subprocess.run([exe("featcache-extract"), one], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    res = subprocess.run([_exe("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "featcache.pipeline.cli",
+    res = subprocess.run([exe("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "featcache.pipeline.cli",
                           two], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = FeatureCache.open(str(tmp_path / "one.zarr")), FeatureCache.open(str(tmp_path / "two.zarr"))
@@ -215,7 +197,7 @@ def test_cache_inputs_on_a_parquet_store(tmp_path, timm_ckpt):
     os.makedirs(tmp_path / "data")
     pq_path = make_parquet(images, tmp_path / "data" / "train.parquet", hf_struct=False)
     s = extract(tmp_path / "p.zarr", {"kind": "parquet", "root": pq_path}, [timm_teacher(timm_ckpt)])
-    res = subprocess.run([_exe("featcache-cache"), "inputs", s.path, "--size", "16"], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-cache"), "inputs", s.path, "--size", "16"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     with FeatureCache.open(s.path) as cache:
         px = cache.load_inputs("image16_bilinear", "pixels")
@@ -223,7 +205,7 @@ def test_cache_inputs_on_a_parquet_store(tmp_path, timm_ckpt):
         assert cache.sample_ids[0] == "train.parquet:0"
     # moved data: --data-root relocates the Parquet file
     os.rename(tmp_path / "data", tmp_path / "moved")
-    res = subprocess.run([_exe("featcache-cache"), "inputs", s.path, "--size", "12", "--data-root",
+    res = subprocess.run([exe("featcache-cache"), "inputs", s.path, "--size", "12", "--data-root",
                           str(tmp_path / "moved")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -237,7 +219,7 @@ def test_resume_after_a_kill_mid_shard(tmp_path, timm_ckpt):
     ref = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "ref.zarr"))
     cfg = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "killed.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    assert subprocess.run([_exe("featcache-extract"), ref], capture_output=True, env=env).returncode == 0
+    assert subprocess.run([exe("featcache-extract"), ref], capture_output=True, env=env).returncode == 0
     script = textwrap.dedent(f"""
         import os, signal
         from featcache.rawdata import webdataset_shards
@@ -254,7 +236,7 @@ def test_resume_after_a_kill_mid_shard(tmp_path, timm_ckpt):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not FeatureCache.open(str(tmp_path / "killed.zarr")).is_complete
-    res = subprocess.run([_exe("featcache-extract"), cfg], capture_output=True, text=True, env=env)
+    res = subprocess.run([exe("featcache-extract"), cfg], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming" in res.stdout + res.stderr
     a, b = FeatureCache.open(str(tmp_path / "ref.zarr")), FeatureCache.open(str(tmp_path / "killed.zarr"))
@@ -281,7 +263,7 @@ def test_hf_class_names_text_sources_and_one_line_errors(tmp_path):
     assert (src.classes, src.labels.tolist(), src.load(0)) == (["ant", "zebra"], [1, 0], "hello")
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[source]\nkind = "webdataset"\nroot = "{tmp_path}/x-{{0..1}}.tar"\n')
-    res = subprocess.run([_exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
+    res = subprocess.run([exe("featcache-extract"), str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and "x-1.tar: shard not found" in res.stderr and res.stderr.count("\n") == 1
 
 

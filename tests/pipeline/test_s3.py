@@ -21,7 +21,7 @@ from featcache.plumbing import storage
 from featcache.cache_tools.cli import main as cache_main
 from featcache.plumbing.config import load_config
 
-from conftest import BUCKET, extract, make_images, timm_teacher  # noqa: E402  (the s3 server fixture is there too)
+from conftest import BUCKET, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402  (the s3 server fixture is there too)
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -44,38 +44,14 @@ def flag(s3, **extra) -> list[str]:
     return [a for k, v in opts.items() for a in ("--storage-option", f"{k}={v}")]
 
 
-def _exe(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
 
 def extract_config(path, images, ckpt, store, s3=None, name="effnet", image_size=64, views=2) -> str:
-    storage_table = f'[output.storage]\nendpoint_url = "{s3["endpoint"]}"\n' if s3 else ""
-    path.write_text(textwrap.dedent(f"""
-        views = {views}
-        batch_size = 4
-        [source]
-        kind = "image_folder"
-        root = {images!r}
-        [[teachers]]
-        name = "effnet"
-        kind = "timm"
-        model = "test_efficientnet"
-        pretrained = {ckpt!r}
-        image_size = 64
-    """) + (textwrap.dedent(f"""
-        [[teachers]]
-        name = "{name}"
-        kind = "timm"
-        model = "test_efficientnet"
-        pretrained = {ckpt!r}
-        image_size = {image_size}
-    """) if name != "effnet" else "") + textwrap.dedent(f"""
-        [output]
-        store = {store!r}
-        partition_rows = 4
-    """) + storage_table)
-    return str(path)
-
+    teachers = [timm_teacher(ckpt, image_size=64)]
+    if name != "effnet":
+        teachers.append(timm_teacher(ckpt, name=name, image_size=image_size))
+    storage = {"storage": {"endpoint_url": s3["endpoint"]}} if s3 else {}
+    return write_extract_config(path, store, {"kind": "image_folder", "root": images}, teachers, views=views,
+                                batch_size=4, output={"partition_rows": 4, **storage})
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, timm_ckpt):
@@ -187,7 +163,7 @@ def test_resume_after_kill_9_during_s3_extraction(s3, request, reference, timm_c
     store = url(request, "killed.zarr")
     cfg = extract_config(tmp_path / "k.toml", images, timm_ckpt, store, s3=s3)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([_exe("featcache-extract"), cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([exe("featcache-extract"), cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint"], skip_instance_cache=True)
     markers = f"{store[5:]}/_partitions/effnet"
@@ -218,7 +194,7 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
             output={"storage": {"endpoint_url": s3["endpoint"]}, "partition_rows": 4})
     cfgs = [extract_config(tmp_path / f"{n}.toml", images, timm_ckpt, store, s3=s3, name=n, image_size=size, views=1)
             for n, size in (("effnet48", 48), ("effnet40", 40))]
-    procs = [subprocess.Popen([_exe("featcache-extract"), c, "--add-teacher", "--teachers", n], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([exe("featcache-extract"), c, "--add-teacher", "--teachers", n], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c, n in zip(cfgs, ("effnet48", "effnet40"))]
     seen: list[list[str]] = []
     errors: list[BaseException] = []
