@@ -20,6 +20,7 @@ from featcache.plumbing.config import ConfigError, load_config, to_dict
 from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
+from featcache.plumbing.weights import read_tensors
 
 from . import checkpoint as ckpt_io
 from . import methods
@@ -60,7 +61,7 @@ def teacher_probe(seed: int, bank: FeatureBank, split: Split, num_classes: int, 
     path = os.path.join(out_dir, "probe.pt")
     if os.path.exists(path):
         probe = nn.Linear(bank.dim, num_classes)
-        probe.load_state_dict(torch.load(path, weights_only=True))
+        probe.load_state_dict(read_tensors(path, ckpt_io.CheckpointError, "teacher probe"))
         return probe
     feats = bank.take_eval(split.rows)
     probe = fit_linear_probe(feats, split.labels, num_classes, seed=seed)
