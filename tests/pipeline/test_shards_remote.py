@@ -133,13 +133,19 @@ def _rewrite(local_shard, fs, remote, extra=b"", mtime=None):
     return len(buf.getvalue())
 
 
-def test_changed_shards_are_refused_in_one_line(s3, bucket_data, tmp_path, timm_ckpt, capsys):
-    fs, prefix = _fs(s3), f"{BUCKET}/changed-{os.getpid()}"
+def _store_from_own_shards(s3, bucket_data, tmp_path, ckpt, name):
+    """A copy of the shards under a prefix of the test's own (it changes or deletes them), and a
+    store extracted from it: (the filesystem, the prefix, the extraction's summary)."""
+    fs, prefix = _fs(s3), f"{BUCKET}/{name}-{os.getpid()}"
     for p in bucket_data["local"]:
         fs.put(p, f"{prefix}/{os.path.basename(p)}")
     src = {"kind": "webdataset", "root": f"s3://{prefix}/train-{{000000..000002}}.tar",
            "storage": {"endpoint_url": s3["endpoint"]}}
-    s = extract(tmp_path / "w.zarr", src, [timm_teacher(timm_ckpt)])
+    return fs, prefix, extract(tmp_path / "w.zarr", src, [timm_teacher(ckpt)])
+
+
+def test_changed_shards_are_refused_in_one_line(s3, bucket_data, tmp_path, timm_ckpt, capsys):
+    fs, prefix, s = _store_from_own_shards(s3, bucket_data, tmp_path, timm_ckpt, "changed")
     # the same members with new header times, same size: the index is used, the row read sees it
     size = _rewrite(bucket_data["local"][1], fs, f"{prefix}/train-000001.tar")
     assert size == os.path.getsize(bucket_data["local"][1])
@@ -162,12 +168,7 @@ def test_cached_inputs_train_with_the_shards_gone(s3, bucket_data, tmp_path, tim
     """Once the student inputs are in the store, training never opens a shard; without them, a
     missing shard is one line that says what to do."""
     from featcache.train.loop import run
-    fs, prefix = _fs(s3), f"{BUCKET}/gone-{os.getpid()}"
-    for p in bucket_data["local"]:
-        fs.put(p, f"{prefix}/{os.path.basename(p)}")
-    src = {"kind": "webdataset", "root": f"s3://{prefix}/train-{{000000..000002}}.tar",
-           "storage": {"endpoint_url": s3["endpoint"]}}
-    s = extract(tmp_path / "w.zarr", src, [timm_teacher(timm_ckpt)])
+    fs, prefix, s = _store_from_own_shards(s3, bucket_data, tmp_path, timm_ckpt, "gone")
     assert cache_main(["inputs", s.path, "--size", "32", *flag(s3)]) == 0
     capsys.readouterr()
     fs.rm(prefix, recursive=True)
