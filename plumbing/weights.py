@@ -34,3 +34,34 @@ def _reason(exc: BaseException) -> str:
     """The part of torch's long message that says what is wrong with the file."""
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
     return found.group(1).strip() if found else (str(exc).split(". ")[0] or type(exc).__name__)
+
+
+def misfit(own: dict[str, Any], state: dict[str, Any]) -> str:
+    """Why ``state`` cannot load into a module whose state dict is ``own`` ("" when it can):
+    missing and unexpected names, and names of another shape with both shapes."""
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state)
+                    if hasattr(state[k], "shape") and tuple(own[k].shape) != tuple(state[k].shape))
+    parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
+             f"{len(extra)} unexpected ({', '.join(extra[:3])})" if extra else "",
+             f"{len(shapes)} of another shape (" + ", ".join(
+                 f"{k} {list(state[k].shape)} in the file, {list(own[k].shape)} here" for k in shapes[:2]) + ")"
+             if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_into(module: torch.nn.Module, state: Any, path: str, error: type[DataError] = DataError,
+              what: str = "weights file", hint: str = "") -> None:
+    """``module.load_state_dict(state)``, but a file written for another model is ``error`` with
+    one line naming ``path`` and what does not fit (torch's own RuntimeError would read as an
+    internal bug: the file, not the code, is what is wrong)."""
+    if not isinstance(state, dict):
+        raise error(f"{path}: the {what} holds a {type(state).__name__}, not a dict of tensors")
+    why = misfit(module.state_dict(), state)
+    if why:
+        raise error(f"{path}: the {what} does not fit this model: {why}" + (f"; {hint}" if hint else ""))
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a non-tensor under a parameter's name
+        raise error(f"{path}: the {what} does not load ({str(exc).splitlines()[0]})") from exc
