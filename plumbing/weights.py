@@ -37,8 +37,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def misfit(own: dict[str, Any], state: dict[str, Any]) -> str:
-    """Why ``state`` cannot load into a module whose state dict is ``own`` ("" when it can):
-    missing and unexpected names, and names of another shape with both shapes."""
+    """Why the tensors ``state`` cannot replace ``own`` ("" when they can): missing and unexpected
+    names, and names of another shape with both shapes. Checked before torch's own load, whose
+    RuntimeError would read as an internal bug when the file, not the code, is what is wrong."""
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     shapes = sorted(k for k in set(own) & set(state)
@@ -50,18 +51,3 @@ def misfit(own: dict[str, Any], state: dict[str, Any]) -> str:
              if shapes else ""]
     return "; ".join(p for p in parts if p)
 
-
-def load_into(module: torch.nn.Module, state: Any, path: str, error: type[DataError] = DataError,
-              what: str = "weights file", hint: str = "") -> None:
-    """``module.load_state_dict(state)``, but a file written for another model is ``error`` with
-    one line naming ``path`` and what does not fit (torch's own RuntimeError would read as an
-    internal bug: the file, not the code, is what is wrong)."""
-    if not isinstance(state, dict):
-        raise error(f"{path}: the {what} holds a {type(state).__name__}, not a dict of tensors")
-    why = misfit(module.state_dict(), state)
-    if why:
-        raise error(f"{path}: the {what} does not fit this model: {why}" + (f"; {hint}" if hint else ""))
-    try:
-        module.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a non-tensor under a parameter's name
-        raise error(f"{path}: the {what} does not load ({str(exc).splitlines()[0]})") from exc

@@ -20,7 +20,7 @@ from featcache.plumbing.config import ConfigError, load_config, to_dict
 from featcache.plumbing.distributed import Dist, all_sum, barrier, pick_device, setup, teardown
 from featcache.plumbing.paths import resolve_path
 from featcache.plumbing.provenance import created_by
-from featcache.plumbing.weights import load_into, read_tensors
+from featcache.plumbing.weights import read_tensors
 
 from . import checkpoint as ckpt_io
 from . import methods
@@ -65,7 +65,7 @@ def teacher_probe(seed: int, bank: FeatureBank, split: Split, num_classes: int, 
     if os.path.exists(path):
         probe = nn.Linear(bank.dim, num_classes)
         state = read_tensors(path, ckpt_io.CheckpointError, "teacher probe")
-        load_into(probe, state, path, ckpt_io.CheckpointError, "teacher probe", PROBE_HINT)
+        ckpt_io.load_into(probe, state, path, "teacher probe", PROBE_HINT)
         return probe
     feats = bank.take_eval(split.rows)
     probe = fit_linear_probe(feats, split.labels, num_classes, seed=seed)

@@ -177,3 +177,18 @@ def test_a_probe_of_another_shape_is_one_line_exit_1(synth, tmp_path):
     assert "Traceback" not in res.stderr + res.stdout and res.stderr.count("\n") == 1
     assert str(out / "probe.pt") in res.stderr and "teacher probe does not fit this model" in res.stderr
     assert "weight [3, 7] in the file, [10, 48] here" in res.stderr and "delete it" in res.stderr
+
+
+def test_load_into_refuses_tensors_of_another_model_in_one_line():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)).state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match=r"^w.pt: the probe does not fit this model: 3 of another "
+                                                         r"shape \(0.bias \[5\] in the file, \[4\] here, .*\); hint$"):
+        checkpoint.load_into(model, other, "w.pt", "probe", "hint")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a list"):
+        checkpoint.load_into(model, [1, 2], "w.pt", "probe")
+    with pytest.raises(checkpoint.CheckpointError, match="does not load"):
+        checkpoint.load_into(model, {**model.state_dict(), "0.bias": 1.0}, "w.pt", "probe")
+    good = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    checkpoint.load_into(model, good, "w.pt", "probe")
+    assert float(model[1].bias.detach()[0]) == 0.5
