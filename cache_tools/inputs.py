@@ -9,9 +9,10 @@ the function stage 2 decodes with, so a cached input is bitwise the decoded one 
 each row's inputs correspond to its cached features view by view.
 
 The spec (fingerprinted with the arrays' shapes) is what a student must match to use
-them: kind, size, resize filter, render version; Pillow's version is recorded too,
-since another resampler may round differently. Rows that are invalid in the store
-hold zeros. Partitions and done markers are the store's own, so a cut-off run resumes.
+them: kind, size, resize filter, render version, and the digest of the store's view
+parameters (``view_digest``: the pixels are right only while the store records the
+views they were cut with); Pillow's version is recorded too, since another resampler
+may round differently. Rows that are invalid in the store hold zeros. Partitions and done markers are the store's own, so a cut-off run resumes.
 
 Texts: ``inputs/<name>/ids`` (N, L) int32, padded with the tokenizer's pad id, and
 ``inputs/<name>/lengths`` (N,) int32, from ``encode_texts``, the function stage 2
@@ -21,6 +22,7 @@ tokenizes with; the spec names the tokenizer by the SHA-256 of its ``tokenizer.j
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +89,20 @@ def text_spec(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
             "pad_id": int(tokenizer.pad_id), "render_version": RENDER_VERSION}
 
 
+def view_digest(cache: FeatureCache) -> str:
+    """SHA-256 of the views each row's image inputs are cut from: the view count, the parameter
+    names, and the recorded ``views/params`` (a store without them renders the eval view).
+
+    Matched by ``find_matching`` against the store as it is now, so inputs cut from other views
+    than the store records (an index rewritten, or a set copied from another store with the same
+    rows) are never paired with features of other crops. Reads the (N, K, P) float32 params once
+    per open store, index-sized."""
+    h = hashlib.sha256(json.dumps({"views": cache.views, "params": cache.view_param_names}).encode())
+    if cache.view_param_names:
+        h.update(np.ascontiguousarray(cache.view_params, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 def default_name(spec: dict[str, Any]) -> str:
     if spec["kind"] == "text":
         return f"tokens{spec['max_length']}_{spec['tokenizer_sha256'][:8]}"
@@ -99,16 +115,41 @@ def _describe(spec: dict[str, Any]) -> str:
     return f"{spec.get('size')} px {spec.get('filter')}"
 
 
+def _with_views(cache: FeatureCache, wanted: dict[str, Any]) -> dict[str, Any]:
+    """Image specs are matched against the store's views as they are now, whoever builds ``wanted``."""
+    if wanted.get("kind") != "image" or "view_digest" in wanted:
+        return wanted
+    return {**wanted, "view_digest": view_digest(cache)}
+
+
+def _mismatch(spec: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """How an input set differs from ``wanted``: its size and filter, and a word when only its views do."""
+    differ = [k for k, v in wanted.items() if k not in INFO_KEYS and spec.get(k) != v]
+    if differ != ["view_digest"]:
+        return _describe(spec)
+    if "view_digest" not in spec:
+        return f"{_describe(spec)}, written before sets recorded their views"
+    return f"{_describe(spec)}, cut from other views than the store records"
+
+
 def find_matching(cache: FeatureCache, wanted: dict[str, Any]) -> tuple[str | None, str]:
-    """The name of a complete input set matching ``wanted`` (else None), and one line saying why."""
+    """The name of a complete input set matching ``wanted`` (else None), and one line saying why.
+
+    An image set must also hold the store's current ``view_digest``. A set without one (written
+    before the digest was recorded) does not match: whether its pixels were cut with the views the
+    store records now cannot be checked, and decoding is slower but never wrong, while a stale set
+    would pair every view with another crop's features without a sign. Rewriting it is the one
+    command the caller's log line names (``cache_inputs`` then writes beside it, ``free_name``).
+    """
     names = cache.inputs
     if not names:
         return None, f"{cache.path} has no cached student inputs"
+    wanted = _with_views(cache, wanted)
     others = []
     for name in names:
         spec = cache.inputs_info(name)["spec"]
         if any(spec.get(k) != v for k, v in wanted.items() if k not in INFO_KEYS):
-            others.append(f"{name} ({_describe(spec)})")
+            others.append(f"{name} ({_mismatch(spec, wanted)})")
             continue
         done = len(cache.inputs_done(name))
         if done < cache.num_partitions:
@@ -116,6 +157,20 @@ def find_matching(cache: FeatureCache, wanted: dict[str, Any]) -> tuple[str | No
             continue
         return name, f"cached inputs {name!r} ({_describe(spec)})"
     return None, f"{cache.path} has inputs {', '.join(others)}, none at {_describe(wanted)}"
+
+
+def free_name(cache: FeatureCache, spec: dict[str, Any]) -> str:
+    """Where ``featcache-cache inputs`` can write ``spec``: its default name, or, when a set of
+    another spec holds that name (an older set without a view digest), the name plus 8 hex of
+    the store's view digest."""
+    name = default_name(spec)
+    if name not in cache.inputs or spec.get("kind") != "image":
+        return name
+    held = cache.inputs_info(name)["spec"]
+    wanted = _with_views(cache, spec)
+    if all(held.get(k) == v for k, v in wanted.items() if k not in INFO_KEYS):
+        return name
+    return f"{name}_{wanted['view_digest'][:8]}"
 
 
 def _views_of(cache: FeatureCache, start: int, stop: int) -> np.ndarray:
@@ -183,7 +238,8 @@ def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filt
                  tokenizer: str = "", max_length: int = 128, name: str = "", threads: int = 2,
                  compressor: str = "none", progress: Progress | None = None) -> InputsSummary:
     """Render (images, at ``size``) or tokenize (texts, with ``tokenizer``) and write every row's
-    student input; partitions already marked done are skipped."""
+    student input; partitions already marked done are skipped. Without ``name``, ``free_name``:
+    the rerun of a cut-off run finds the same name, and an older set never blocks a new one."""
     if source.modality == "image" and size < 1:
         raise UsageError(f"{cache.path}: an image store: give the student's image size (--size)")
     if source.modality == "text" and not tokenizer:
@@ -199,12 +255,12 @@ def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filt
         shape: tuple[int, ...] = (cache.rows, max_length)
         make = lambda p, _pool: _tokenize_partition(cache, source, p, tok, max_length)  # noqa: E731
     else:
-        spec = image_spec(size, resize_filter)
+        spec = {**image_spec(size, resize_filter), "view_digest": view_digest(cache)}
         row_shape = (cache.views, size, size, 3) if cache.views > 1 else (size, size, 3)
         arrays = {"pixels": (row_shape, "uint8")}
         shape = (cache.rows, *row_shape)
         make = lambda p, pool: {"pixels": render_partition(cache, source, p, spec, pool)}  # noqa: E731
-    name = name or default_name(spec)
+    name = name or free_name(cache, spec)
     cache.add_inputs(name, arrays, spec, compressor=compressor)
     done = cache.inputs_done(name)
     todo = [p for p in range(cache.num_partitions) if p not in done]

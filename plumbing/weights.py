@@ -34,3 +34,20 @@ def _reason(exc: BaseException) -> str:
     """The part of torch's long message that says what is wrong with the file."""
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
     return found.group(1).strip() if found else (str(exc).split(". ")[0] or type(exc).__name__)
+
+
+def misfit(own: dict[str, Any], state: dict[str, Any]) -> str:
+    """Why the tensors ``state`` cannot replace ``own`` ("" when they can): missing and unexpected
+    names, and names of another shape with both shapes. Checked before torch's own load, whose
+    RuntimeError would read as an internal bug when the file, not the code, is what is wrong."""
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state)
+                    if hasattr(state[k], "shape") and tuple(own[k].shape) != tuple(state[k].shape))
+    parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
+             f"{len(extra)} unexpected ({', '.join(extra[:3])})" if extra else "",
+             f"{len(shapes)} of another shape (" + ", ".join(
+                 f"{k} {list(state[k].shape)} in the file, {list(own[k].shape)} here" for k in shapes[:2]) + ")"
+             if shapes else ""]
+    return "; ".join(p for p in parts if p)
+

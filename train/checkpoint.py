@@ -21,7 +21,7 @@ import torch
 
 from featcache.plumbing import atomic
 from featcache.plumbing.errors import DataError
-from featcache.plumbing.weights import read_tensors
+from featcache.plumbing.weights import misfit, read_tensors
 
 FORMAT = 2
 KEYS = ("learner", "optimizer", "scheduler", "epoch", "history", "config")
@@ -81,6 +81,40 @@ def load(path: str) -> dict[str, Any]:
                               "an incomplete checkpoint; start the run again without --resume")
     return {**{k: state[k] for k in TENSOR_KEYS}, "epoch": epoch, "history": list(doc["history"][:epoch]),
             "config": doc["config"]}
+
+
+def load_into(module: torch.nn.Module, state: Any, path: str, what: str, hint: str = "") -> None:
+    """``module.load_state_dict(state)``; tensors written for another model (a checkpoint.pt or
+    probe.pt from a run of another student or teacher, a foreign file) are a CheckpointError with
+    one line naming ``path`` and what does not fit."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the {what} holds a {type(state).__name__}, not a dict of tensors")
+    why = misfit(module.state_dict(), state)
+    if why:
+        raise CheckpointError(f"{path}: the {what} does not fit this model: {why}" + (f"; {hint}" if hint else ""))
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a plain number under a parameter's name
+        raise CheckpointError(f"{path}: the {what} does not load ({str(exc).splitlines()[0]})") from exc
+
+
+RESUME_HINT = ("written by another run or another featcache version? start the run again without --resume, "
+               "or use another out_dir")
+
+
+def restore(state: dict[str, Any], path: str, learner: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any) -> None:
+    """Put a loaded checkpoint's tensors back into this run's objects. Tensors of another shape
+    (a checkpoint.pt copied from a run of another student, a foreign file) are a data problem:
+    one CheckpointError line naming the file and what does not fit, never torch's traceback."""
+    load_into(learner, state["learner"], path, "checkpoint's learner state", RESUME_HINT)
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+        try:
+            obj.load_state_dict(state[name])
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{path}: the checkpoint's {name} state does not fit this run ({reason}); "
+                                  f"{RESUME_HINT}") from exc
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -144,7 +144,8 @@ def _wanted(cache: FeatureCache, student: StudentConfig,
 
 
 def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:
-    """Cached inputs when the store has a complete set matching the student, else the raw inputs."""
+    """Cached inputs when the store has a complete set matching the student (and cut from the
+    views the store records now: ``find_matching`` checks its view digest), else the raw inputs."""
     wanted, hint, tok = _wanted(cache, student, cfg)
     made = "decoded from the raw inputs" if wanted["kind"] == "image" else "tokenized from the raw texts"
     if cfg.cached_inputs == "off":

@@ -56,12 +56,16 @@ def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Sp
     return method.build(BuildContext(d_h, bank.dim if bank is not None else None, num_classes, probe))
 
 
+PROBE_HINT = "fitted for other teacher features or classes? delete it to fit it again, or use another out_dir"
+
+
 def teacher_probe(seed: int, bank: FeatureBank, split: Split, num_classes: int, out_dir: str, log: Log) -> nn.Linear:
     """The teacher's task head: fitted once on the labeled training rows' cached features, then reloaded."""
     path = os.path.join(out_dir, "probe.pt")
     if os.path.exists(path):
         probe = nn.Linear(bank.dim, num_classes)
-        probe.load_state_dict(read_tensors(path, ckpt_io.CheckpointError, "teacher probe"))
+        state = read_tensors(path, ckpt_io.CheckpointError, "teacher probe")
+        ckpt_io.load_into(probe, state, path, "teacher probe", PROBE_HINT)
         return probe
     feats = bank.take_eval(split.rows)
     probe = fit_linear_probe(feats, split.labels, num_classes, seed=seed)
@@ -296,9 +300,7 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state is not None:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        ckpt_io.restore(state, ckpt_path, learner, optimizer, scheduler)
         history, start_epoch = state["history"], state["epoch"]
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     amp = cfg.amp and device.type == "cuda"

@@ -11,7 +11,8 @@ from PIL import Image
 
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.cli import main as cache_cli
-from featcache.cache_tools.inputs import cache_inputs, find_matching, image_spec
+from featcache.cache_tools.cache import INPUTS_KEY
+from featcache.cache_tools.inputs import cache_inputs, find_matching, image_spec, view_digest
 from featcache.rawdata import image_folder, source_of
 from featcache.rawdata.views import VIEW_PARAMS, apply_view, sample_view
 
@@ -174,3 +175,49 @@ def test_verify_checks_cached_inputs_and_notes_an_unfinished_set(tmp_path, capsy
     with FeatureCache.open(path) as cache:
         report = verify(cache)
     assert f"inputs/{s.name}: 2 of 3 partitions written (incomplete" in " ".join(report.notes)
+
+
+def _reshuffle_views(cache: FeatureCache, p: int = 0) -> None:
+    """Rewrite partition p of the index with other crops (as a re-extraction with another seed would)."""
+    a, b = cache.partition_range(p)
+    params = cache.store.read("views/params", a, b).copy()
+    params[:, 1:, :2] = np.clip(params[:, 1:, :2] + 0.05, 0, 0.5)
+    cache.write_partition(p, valid=cache.store.read("index/valid", a, b), view_params=params)
+
+
+def test_the_view_digest_is_recorded_and_other_views_do_not_match(tmp_path):
+    """A set cut from other views than the store records now is not used (one line says why);
+    rerunning the command writes a set for the current views beside it."""
+    path = jpeg_store(tmp_path)
+    with FeatureCache.open(path, mode="r+") as cache:
+        s = cache_inputs(cache, source_of(cache), 24)
+        digest = view_digest(cache)
+        assert s.spec["view_digest"] == digest and len(digest) == 64
+        assert cache.inputs_info(s.name)["spec"]["view_digest"] == digest
+        _reshuffle_views(cache)
+    with FeatureCache.open(path, mode="r+") as cache:
+        assert view_digest(cache) != digest
+        name, why = find_matching(cache, image_spec(24))
+        assert name is None and "\n" not in why
+        assert why.endswith("has inputs image24_bilinear (24 px bilinear, cut from other views than the store "
+                            "records), none at 24 px bilinear")
+        again = cache_inputs(cache, source_of(cache), 24)  # the default name is taken: beside it
+        assert again.name == f"image24_bilinear_{view_digest(cache)[:8]}"
+        assert find_matching(cache, image_spec(24))[0] == again.name
+
+
+def test_a_set_without_a_view_digest_does_not_match(tmp_path, capsys):
+    """Sets written before the digest existed: decoding is never wrong, an unchecked set could be."""
+    path = jpeg_store(tmp_path)
+    with FeatureCache.open(path, mode="r+") as cache:
+        s = cache_inputs(cache, source_of(cache), 24)
+        doc = dict(cache.store.get_attrs(f"inputs/{s.name}")[INPUTS_KEY])
+        doc["spec"] = {k: v for k, v in doc["spec"].items() if k != "view_digest"}
+        cache.store.set_attrs(f"inputs/{s.name}", {INPUTS_KEY: doc})
+    with FeatureCache.open(path) as cache:
+        name, why = find_matching(cache, image_spec(24))
+    assert name is None and "image24_bilinear (24 px bilinear, written before sets recorded their views)" in why
+    assert cache_cli(["inputs", path, "--size", "24"]) == 0  # the plain command makes a usable set
+    assert "inputs/image24_bilinear_" in capsys.readouterr().out
+    with FeatureCache.open(path) as cache:
+        assert find_matching(cache, image_spec(24))[0].startswith("image24_bilinear_")

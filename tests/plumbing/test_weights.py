@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from featcache.plumbing.errors import DataError
-from featcache.plumbing.weights import read_tensors
+from featcache.plumbing.weights import misfit, read_tensors
 
 
 class Boom:
@@ -34,3 +34,12 @@ def test_tensors_load_and_everything_else_is_one_error(tmp_path):
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     with pytest.raises(DataError, match="holds a list"):
         read_tensors(str(tmp_path / "list.pt"))
+
+
+
+def test_misfit_names_missing_unexpected_and_other_shaped_tensors():
+    own = {"0.weight": torch.zeros(4, 3), "0.bias": torch.zeros(4), "1.bias": torch.zeros(2)}
+    assert misfit(own, dict(own)) == ""
+    other = {"0.weight": torch.zeros(5, 3), "0.bias": torch.zeros(5), "extra": torch.zeros(1)}
+    assert misfit(own, other) == ("1 missing (1.bias); 1 unexpected (extra); 2 of another shape "
+                                  "(0.bias [5] in the file, [4] here, 0.weight [5, 3] in the file, [4, 3] here)")

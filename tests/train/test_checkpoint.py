@@ -134,3 +134,61 @@ def test_killed_between_json_and_tensors_resumes_like_uninterrupted(synth, tmp_p
     assert resumed["test_accuracy"] == full["test_accuracy"]
     assert resumed["final_losses"] == full["final_losses"]
     assert [r["epoch"] for r in json.loads((part / "checkpoint.json").read_text())["history"]] == [1, 2, 3, 4]
+
+
+def _train_cli(config, *args):
+    exe = os.path.join(os.path.dirname(sys.executable), "featcache-train")
+    return subprocess.run([exe, str(config), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_resume_from_another_students_checkpoint_is_one_line_exit_1(synth, tmp_path):
+    """checkpoint.pt copied in from a run of a wider student: a data problem (exit 1) naming the
+    file and the tensors that do not fit, not torch's RuntimeError as an internal bug (exit 3)."""
+    from conftest import write_config  # tests/train/conftest.py
+
+    train, test = synth
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    config = write_config(tmp_path / "narrow.toml", train, test, str(narrow), epochs=1, batch_size=64, width=16)
+    run(cfg_for(train, test, narrow, epochs=1, student={"width": 16}, method="stl"), log=quiet)
+    run(cfg_for(train, test, wide, epochs=1, student={"width": 32}, method="stl"), log=quiet)
+    os.replace(wide / "checkpoint.pt", narrow / "checkpoint.pt")
+    res = _train_cli(config, "--resume", "--set", "method.name=stl")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    (line,) = [ln for ln in res.stderr.splitlines() if not ln.startswith("featcache-train: warning:")]
+    assert line.startswith("featcache-train: error:") and str(narrow / "checkpoint.pt") in line
+    assert "learner state does not fit this model" in line and "of another shape" in line
+    assert "in the file" in line and "without --resume" in line
+
+
+def test_a_probe_of_another_shape_is_one_line_exit_1(synth, tmp_path):
+    """A run dir reused with other teacher features: its probe.pt no longer fits (exit 1, one line)."""
+    from conftest import write_config
+
+    train, test = synth
+    out = tmp_path / "run"
+    out.mkdir()
+    lin = torch.nn.Linear(7, 3)  # the store: 48 teacher features, 10 classes (Fashion-MNIST names)
+    torch.save(lin.state_dict(), out / "probe.pt")
+    config = write_config(tmp_path / "kd.toml", train, test, str(out), epochs=1, batch_size=64, width=16)
+    res = _train_cli(config, "--set", "method.name=kd_pred")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout and res.stderr.count("\n") == 1
+    assert str(out / "probe.pt") in res.stderr and "teacher probe does not fit this model" in res.stderr
+    assert "weight [3, 7] in the file, [10, 48] here" in res.stderr and "delete it" in res.stderr
+
+
+def test_load_into_refuses_tensors_of_another_model_in_one_line():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)).state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match=r"^w.pt: the probe does not fit this model: 3 of another "
+                                                         r"shape \(0.bias \[5\] in the file, \[4\] here, .*\); hint$"):
+        checkpoint.load_into(model, other, "w.pt", "probe", "hint")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a list"):
+        checkpoint.load_into(model, [1, 2], "w.pt", "probe")
+    with pytest.raises(checkpoint.CheckpointError, match="does not load"):
+        checkpoint.load_into(model, {**model.state_dict(), "0.bias": 1.0}, "w.pt", "probe")
+    good = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    checkpoint.load_into(model, good, "w.pt", "probe")
+    assert float(model[1].bias.detach()[0]) == 0.5

@@ -10,7 +10,7 @@ import torch
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.inputs import cache_inputs
 from featcache.rawdata import source_of
-from featcache.train.data import FeatureBank, build_splits
+from featcache.train.data import FeatureBank, build_splits, describe_inputs
 from featcache.train.loop import run, train_batches
 
 from conftest import build_store  # noqa: E402  (tests/train/conftest.py)
@@ -88,6 +88,36 @@ def test_other_resolution_or_filter_falls_back_with_one_line_or_is_refused(viewe
     with pytest.raises(ValueError, match=r"data.cached_inputs: 'require', but .* none at 32 px bilinear"):
         build_splits(dataclasses.replace(cfg.data, cached_inputs="require"),
                      dataclasses.replace(cfg.student, image_size=32, resize_filter="bilinear"))
+
+
+def test_a_store_without_inputs_trains_by_decoding_and_says_so(tmp_path):
+    train = build_store(str(tmp_path / "t.zarr"), str(tmp_path / "raw"), "train", 200, seed=0)
+    logs = []
+    res = run(cfg_for(train, "", tmp_path / "run", epochs=1, label_budget=0), log=logs.append)
+    (line,) = _inputs_lines(logs)
+    assert line.startswith("inputs: train+val+test decoded from the raw inputs (")
+    assert f"{train} has no cached student inputs" in line
+    assert f"`featcache-cache inputs {train} --size 28 --filter bilinear` caches them" in line
+    assert res["test_rows"] > 0
+
+
+def test_inputs_cut_from_other_views_fall_back_or_are_refused(tmp_path):
+    """The store's views were rewritten after its inputs were cached: decode, saying why in one line."""
+    train = build_store(str(tmp_path / "t.zarr"), str(tmp_path / "raw"), "train", 200, seed=0, views=3)
+    with FeatureCache.open(train, mode="r+") as cache:
+        cache_inputs(cache, source_of(cache), 28)
+        a, b = cache.partition_range(1)
+        params = cache.store.read("views/params", a, b)
+        params[:, 1:, 4] = 1 - params[:, 1:, 4]  # every extra view of partition 1 flips the other way
+        cache.write_partition(1, valid=cache.store.read("index/valid", a, b), view_params=params)
+    cfg = cfg_for(train, "", tmp_path / "run", epochs=1, label_budget=0)
+    splits, _ = build_splits(cfg.data, cfg.student)
+    assert splits["train"].inputs.cached is None
+    line = describe_inputs(splits)
+    assert "\n" not in line and line.startswith("train+val+test decoded from the raw inputs (")
+    assert "image28_bilinear (28 px bilinear, cut from other views than the store records)" in line
+    with pytest.raises(ValueError, match=r"^data.cached_inputs: 'require', but .*cut from other views"):
+        build_splits(dataclasses.replace(cfg.data, cached_inputs="require"), cfg.student)
 
 
 def test_cached_inputs_need_no_raw_inputs(tmp_path):
