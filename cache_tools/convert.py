@@ -40,6 +40,21 @@ def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | 
                 raise CacheError(f"{dst.path}: {name} rows {start}:{stop} differ from the source after copy")
         if progress:
             progress(p + 1, total)
+    for name in src.inputs:
+        _copy_inputs(src, dst, name)
+
+
+def _copy_inputs(src: FeatureCache, dst: FeatureCache, name: str) -> None:
+    """A cached input set, same spec (so the same fingerprint) and the partitions it has marked:
+    a pulled copy trains without the raw inputs, as the original does."""
+    info = src.inputs_info(name)
+    arrays = {a: (tuple(m["shape"][1:]), m["dtype"]) for a, m in info["arrays"].items()}
+    compressor = next(iter(info["arrays"].values()))["compressor"]
+    dst.add_inputs(name, arrays, info["spec"], compressor=compressor)
+    dst.store.set_attrs(f"inputs/{name}", src.store.get_attrs(f"inputs/{name}"))  # added_at/by kept
+    for p in sorted(src.inputs_done(name)):
+        start, stop = src.partition_range(p)
+        dst.write_inputs_partition(p, name, {a: src.store.read(f"inputs/{name}/{a}", start, stop) for a in arrays})
 
 
 def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
@@ -61,7 +76,8 @@ def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
 
 def convert(src_path: str, dst_path: str, *, backend: str | None = None, compressor: str | None = None,
             overwrite: bool = False, progress: Progress | None = None) -> FeatureCache:
-    """Write ``src`` into a new store at ``dst`` and check values and metadata match.
+    """Write ``src`` into a new store at ``dst`` and check values and metadata match: the index,
+    every teacher, every cached input set, and the stored source index.
 
     Local destinations are built beside ``dst`` under a temporary name and swapped into place
     only once complete and verified (``atomic.swap_into``): a kill at any moment leaves at

@@ -8,6 +8,7 @@ import os
 import string
 import subprocess
 import sys
+import tarfile
 
 import h5py
 import numpy as np
@@ -16,18 +17,45 @@ import pytest
 from featcache.cache_tools import FeatureCache, verify
 from featcache.cache_tools.cache import INDEX_PART
 from featcache.cache_tools.cli import main
+from featcache.cache_tools.inputs import image_spec
+from featcache.rawdata.webdataset_shards import webdataset
 
 PRINTABLE = (string.ascii_letters + string.digits + string.punctuation + " ").encode()
 
 
+INPUTS = "image8_bilinear"
+
+
+def pet_shards(folder) -> str:
+    """Two tiny WebDataset shards of 20 samples each (<key>.png + <key>.cls); the image bytes are
+    never decoded here, only the headers walked."""
+    os.makedirs(folder)
+    for s in range(2):
+        with tarfile.open(os.path.join(folder, f"pets-{s:06d}.tar"), "w") as tar:
+            for i in range(20 * s, 20 * s + 20):
+                for ext, data in (("png", b"\x89PNG%03d" % i), ("cls", b"%d" % (i % 2))):
+                    info = tarfile.TarInfo(f"{i:03d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return os.path.join(folder, "pets-{000000..000001}.tar")
+
+
 @pytest.fixture
 def small_store(tmp_path, fill):
+    """40 rows from two WebDataset shards (so the store keeps the shard index), two teachers,
+    two views, and a set of cached student inputs: every kind of document a store holds."""
     path = str(tmp_path / "s.zarr")
-    source = {"kind": "manifest", "modality": "image", "classes": ["cat", "dog"], "path": "/data/pets/m.csv"}
-    cache = FeatureCache.create(path, sample_ids=[f"pets/{i:03d}.png" for i in range(40)],
-                                labels=np.arange(40) % 2, views=2, view_param_names=["x0", "y0"],
-                                partition_rows=16, split="train", source=source)
+    source = webdataset(pet_shards(tmp_path / "shards"))
+    cache = FeatureCache.create(path, sample_ids=source.sample_ids, labels=source.labels, views=2,
+                                view_param_names=["x0", "y0"], partition_rows=16, split="train",
+                                source=source.describe(), source_index=source.reopen_index)
     fill(cache, teachers={"clip": 8, "vit": 4})
+    cache.add_inputs(INPUTS, {"pixels": ((2, 8, 8, 3), "uint8")}, image_spec(8))
+    pixels = np.random.default_rng(3).integers(0, 256, (cache.rows, 2, 8, 8, 3), dtype=np.uint8)
+    for p in range(cache.num_partitions):
+        a, b = cache.partition_range(p)
+        cache.write_inputs_partition(p, INPUTS, {"pixels": pixels[a:b]})
+    assert cache.source_index_doc()["shards"] == 2 and cache.inputs == [INPUTS]
     cache.close()
     return path
 
@@ -71,7 +99,10 @@ def test_every_flip_in_every_metadata_document_is_reported(small_store):
     docs = documents(small_store)
     names = {os.path.relpath(d, small_store) for d in docs}
     assert {"zarr.json", "teachers/clip/zarr.json", "index/valid/zarr.json", "index/sample_id/zarr.json",
-            "_partitions/_index/000000.json", "_partitions/clip/000002.json"} <= names
+            "_partitions/_index/000000.json", "_partitions/clip/000002.json", "source/zarr.json",
+            "inputs/zarr.json", f"inputs/{INPUTS}/zarr.json", f"inputs/{INPUTS}/pixels/zarr.json",
+            f"_partitions/inputs/{INPUTS}/000001.json"} <= names
+    assert any(n.startswith("source/index-") and n.endswith("/zarr.json") for n in names)
     missed = []
     for doc in docs:
         original = open(doc, "rb").read()
@@ -92,14 +123,15 @@ def test_every_flip_in_data_rows_is_reported(small_store):
     rng = np.random.default_rng(5)
     cache = FeatureCache.open(small_store)
     missed, tried = [], 0
+    shard_index = cache.source_index_doc()["node"]
     for node in ("index/sample_id", "index/label", "index/valid", "views/params", "teachers/clip/features",
-                 "teachers/vit/features"):
+                 "teachers/vit/features", f"inputs/{INPUTS}/pixels", shard_index):
         meta = cache.store.array_meta(node)
         for chunk in sorted(glob.glob(os.path.join(small_store, node, "c", "**", "*"), recursive=True)):
             if os.path.isdir(chunk):
                 continue
             first = int(os.path.relpath(chunk, os.path.join(small_store, node, "c")).split(os.sep)[0])
-            rows_in = min(meta.chunk_rows, cache.rows - first * meta.chunk_rows)
+            rows_in = min(meta.chunk_rows, meta.shape[0] - first * meta.chunk_rows)
             original = open(chunk, "rb").read()
             size = len(original) if meta.row_bytes == 0 else rows_in * meta.row_bytes  # not the padding
             for _ in range(2):
@@ -114,7 +146,7 @@ def test_every_flip_in_data_rows_is_reported(small_store):
             with open(chunk, "wb") as fh:
                 fh.write(original)
     cache.close()
-    assert tried >= 20 and not missed, "\n".join(missed)
+    assert tried >= 28 and not missed, "\n".join(missed)
 
 
 def test_verify_cli_exit_code_without_traceback(small_store):
@@ -125,7 +157,8 @@ def test_verify_cli_exit_code_without_traceback(small_store):
     json.dump(doc, open(marker, "w"))
     root = os.path.join(small_store, "zarr.json")
     text = open(root).read()
-    open(root, "w").write(text.replace("/data/pets/m.csv", "/data/pats/m.csv"))
+    assert "pets-{000000..000001}.tar" in text
+    open(root, "w").write(text.replace("pets-{000000..000001}.tar", "pats-{000000..000001}.tar"))
     res = subprocess.run([exe, "verify", small_store], capture_output=True, text=True)
     bad = [line for line in res.stdout.splitlines() if line.startswith("BAD")]
     assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr and len(bad) == 2
@@ -168,11 +201,14 @@ def test_old_store_without_checksums_reads_and_verify_says_so(small_store):
 def test_hdf5_documents_carry_checksums(small_store, tmp_path):
     h5 = str(tmp_path / "s.h5")
     assert main(["convert", small_store, h5]) == 0
-    with FeatureCache.open(h5) as cache:
+    with FeatureCache.open(h5) as cache, FeatureCache.open(small_store) as zarr_cache:
         assert verify(cache).ok and cache.has_doc_checksums
+        assert cache.inputs == [INPUTS] and cache.inputs_done(INPUTS) == {0, 1, 2}  # convert copies them
+        np.testing.assert_array_equal(cache.load_inputs(INPUTS, "pixels"), zarr_cache.load_inputs(INPUTS, "pixels"))
+        assert cache.source_index() == zarr_cache.source_index() is not None
     with h5py.File(h5, "r+") as f:
         meta = json.loads(f.attrs["featcache"])
-        meta["source"]["path"] = "/elsewhere/m.csv"
+        meta["source"]["root"] = "/elsewhere/pets-{000000..000001}.tar"
         f.attrs["featcache"] = json.dumps(meta)
         spec = json.loads(f["teachers/clip"].attrs["featcache_teacher"])
         spec["dim"] = 9

@@ -1,16 +1,18 @@
 """Lost writes: a marker on disk whose bytes never made it (what a power cut leaves) is found and redone."""
 
+import glob
 import json
 import os
 
 import numpy as np
 
-from featcache.cache_tools import FeatureCache, verify
+from featcache.cache_tools import FeatureCache, ZarrStore, verify
+from featcache.cache_tools import _zarr
 from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.extract import run_extract
 
-from conftest import make_images, timm_teacher  # noqa: E402
+from conftest import extract, make_images, timm_teacher  # noqa: E402
 
 
 def newest(store, part):
@@ -72,3 +74,54 @@ def test_hdf5_store_resumes_and_rechecks(tmp_path, timm_ckpt):
     assert any("re-checked the 4 partitions" in m and "all match" in m for m in logs), logs
     with FeatureCache.open(store) as cache:
         assert verify(cache).ok and cache.has_doc_checksums
+
+
+def chunk_files(first: str) -> list[str]:
+    """The files of one row chunk: ``c/<i>`` itself (1-d arrays) or the files under it."""
+    if os.path.isfile(first):
+        return [first]
+    return [f for f in glob.glob(os.path.join(first, "**"), recursive=True) if os.path.isfile(f)]
+
+
+def test_every_partition_is_fsynced_before_its_marker(tmp_path, timm_ckpt, monkeypatch):
+    """Recorded during a real extraction (3 partitions, 2 views: features, valid and view params):
+    each chunk file of a partition, and its folder, is fsynced after the partition's rows are
+    written and before its done marker."""
+    store = str(tmp_path / "s.zarr")
+    events: list[tuple] = []
+    real_fsync, real_write, real_put = _zarr._fsync, ZarrStore._write, ZarrStore._put_marker
+
+    def fsync(path):
+        events.append(("fsync", os.path.relpath(path, store)))
+        real_fsync(path)
+
+    def write(self, node, start, values):  # the fsyncs of a write come after its start
+        events.append(("write", node, start, start + len(values)))
+        real_write(self, node, start, values)
+
+    def put_marker(self, key, doc):
+        events.append(("marker", key, doc["start"], doc["stop"]))
+        real_put(self, key, doc)
+
+    monkeypatch.setattr(_zarr, "_fsync", fsync)
+    monkeypatch.setattr(ZarrStore, "_write", write)
+    monkeypatch.setattr(ZarrStore, "_put_marker", put_marker)
+    extract(store, {"kind": "image_folder", "root": make_images(tmp_path / "imgs")}, [timm_teacher(timm_ckpt)],
+            views=2)
+    with FeatureCache.open(store) as cache:
+        assert cache.is_complete and cache.num_partitions == 3
+        nodes = {"_index": ["index/valid", "views/params"], "effnet": ["teachers/effnet/features"]}
+        chunk_rows = {node: cache.store.array_meta(node).chunk_rows for group in nodes.values() for node in group}
+    markers = [(i, e) for i, e in enumerate(events) if e[0] == "marker"]
+    assert sorted(e[1] for _i, e in markers) == [f"{part}/{p:06d}" for part in ("_index", "effnet") for p in range(3)]
+    for i, (_, key, start, stop) in markers:
+        for node in nodes[key.split("/")[0]]:
+            wrote = [j for j, e in enumerate(events[:i]) if e[:2] == ("write", node) and e[2] < stop and e[3] > start]
+            assert wrote, f"{key}: no write of {node} rows {start}:{stop} before its marker"
+            synced = {e[1] for e in events[wrote[-1]:i] if e[0] == "fsync"}
+            rows = chunk_rows[node]
+            files = [os.path.relpath(f, store) for c in range(start // rows, (stop - 1) // rows + 1)
+                     for f in chunk_files(os.path.join(store, node, "c", str(c)))]
+            assert files, f"{key}: no chunk file of {node} on disk"
+            for f in files:
+                assert f in synced and os.path.dirname(f) in synced, (key, f, sorted(synced))

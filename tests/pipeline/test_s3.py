@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from featcache.cache_tools import FeatureCache, verify
+from featcache.cache_tools import INDEX_PART, CacheError, FeatureCache, require_complete, verify
 from featcache.plumbing import storage
 from featcache.cache_tools.cli import main as cache_main
 from featcache.plumbing.config import load_config
@@ -186,6 +186,24 @@ def test_resume_after_kill_9_during_s3_extraction(s3, request, reference, timm_c
         same_store(a, b)
 
 
+def refuses_naming_unfinished(cache: FeatureCache) -> list[str]:
+    """What training with data.teachers = [] does with a store another team is adding a teacher to:
+    require_complete(cache) refuses in one line naming every teacher still missing partitions.
+    Markers only appear during the adds, so a teacher unfinished when looked at *after* the
+    refusal was unfinished when it was made: the message must name it. Returns those teachers."""
+    try:
+        require_complete(cache)  # data.teachers = [] reaches it as None: every teacher listed
+        said = None
+    except CacheError as exc:
+        said = str(exc)
+    unfinished = [part for part in cache.missing_partitions() if part != INDEX_PART]
+    if said is not None:
+        assert "\n" not in said and "store is incomplete" in said, said
+    for name in unfinished:
+        assert said is not None and f"{name}: " in said, (name, said)
+    return unfinished
+
+
 def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_ckpt, tmp_path):
     """Team C and team D each add a teacher to team A's store at once; team B reads and trains."""
     from featcache.train.loop import run
@@ -197,6 +215,7 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
     procs = [subprocess.Popen([exe("featcache-extract"), c, "--add-teacher", "--teachers", n], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c, n in zip(cfgs, ("effnet48", "effnet40"))]
     seen: list[list[str]] = []
+    refused: list[str] = []  # a look may catch a teacher half-way (the next test makes sure of one)
     errors: list[BaseException] = []
 
     def poll_info():
@@ -204,6 +223,7 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
             try:
                 with FeatureCache.open(store) as cache:
                     info = cache.info()
+                    refused.extend(refuses_naming_unfinished(cache))
                 for name, t in info["teachers"].items():  # a listed teacher is fully described
                     assert t["fingerprint"] and t["shape"][0] == 24 and t["partitions_done"] <= 6
                 seen.append(sorted(info["teachers"]))
@@ -224,6 +244,53 @@ def test_two_writers_add_teachers_while_readers_read(s3, request, images, timm_c
         assert cache.teachers == ["effnet", "effnet40", "effnet48"] and cache.is_complete and verify(cache).ok
         assert cache.load("effnet40").shape == (24, 256) and not np.array_equal(cache.load("effnet40"),
                                                                                 cache.load("effnet48"))
+
+
+def test_training_every_teacher_refuses_while_a_teacher_is_added(s3, request, images, timm_ckpt, tmp_path,
+                                                                  capsys, monkeypatch):
+    """The moment the test above may miss, made certain: an --add-teacher held after its first
+    partition (the store lists the teacher, 1 of 6 partitions written). Training with
+    data.teachers = [] refuses in one line naming it; naming the complete teacher trains."""
+    from featcache.train.cli import main as train_main
+    from featcache.train.loop import run
+    store = url(request, "adding.zarr")
+    src, opts = {"kind": "image_folder", "root": images}, {"storage": {"endpoint_url": s3["endpoint"]},
+                                                            "partition_rows": 4}
+    extract(store, src, [timm_teacher(timm_ckpt)], output=opts)
+    written, resume = threading.Event(), threading.Event()
+    real = FeatureCache.write_partition
+
+    def held(self, p, **kw):  # the real write; then the writer waits before its next partition
+        real(self, p, **kw)
+        if "effnet48" in (kw.get("features") or {}) and not written.is_set():
+            written.set()
+            resume.wait(120)
+
+    monkeypatch.setattr(FeatureCache, "write_partition", held)
+    adding = [timm_teacher(timm_ckpt), timm_teacher(timm_ckpt, name="effnet48", image_size=48)]
+    writer = threading.Thread(target=lambda: extract(store, src, adding, add_teacher=True, output=opts, views=1))
+    writer.start()
+    try:
+        assert written.wait(120), "the added teacher's first partition was never written"
+        storage.set_options({"endpoint_url": s3["endpoint"]})
+        with FeatureCache.open(store) as cache:
+            assert cache.teachers == ["effnet", "effnet48"] and refuses_naming_unfinished(cache) == ["effnet48"]
+        tcfg = tmp_path / "t.toml"
+        tcfg.write_text(f"out_dir = {str(tmp_path / 'all')!r}\n[data]\nstore = {store!r}\ntest_store = \"\"\n"
+                        "teachers = []\n[student]\nimage_size = 32\nwidth = 16\n")
+        capsys.readouterr()
+        assert train_main([str(tcfg), *flag(s3)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "store is incomplete" in err and "effnet48: 5 of 6" in err, err
+        assert "effnet: " not in err and "Traceback" not in err
+        res = run(train_config(tmp_path / "named", store, s3, teachers=["effnet"]), log=lambda _m: None)
+        assert res["epochs"] == 1
+    finally:
+        resume.set()
+        writer.join(120)
+    with FeatureCache.open(store) as cache:  # released, the add finishes as if never held
+        require_complete(cache)
+        assert cache.teachers == ["effnet", "effnet48"] and verify(cache).ok
 
 
 # -- credentials ------------------------------------------------------------------------------------
