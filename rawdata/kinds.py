@@ -25,7 +25,7 @@ def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, kee
     labels = base.labels[idx] if keep_labels else np.full(len(idx), -1, np.int64)
     params = {"parent": parent, "rows": idx.tolist(), **({"keep_labels": True} if keep_labels else {})}
     return Source("subset", base.modality, [base.sample_ids[i] for i in idx], labels, base.classes, params,
-                  lambda i: base.load(int(idx[i])), base.reopen_index)
+                  lambda i: base.load(int(idx[i])), base.reopen_index, base.walked)
 
 
 KINDS: dict[str, Callable[..., Source]] = {

@@ -156,16 +156,27 @@ def test_corrupt_members_and_cells_are_invalid_rows(tmp_path):
 
 
 def _wds_config(tmp_path, pattern, ckpt, store):
-    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store,
-                                {"kind": "webdataset", "root": pattern}, [timm_teacher(ckpt)],
+    return _config(tmp_path, {"kind": "webdataset", "root": pattern}, ckpt, store)
+
+
+def _config(tmp_path, source, ckpt, store):
+    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store, source, [timm_teacher(ckpt)],
                                 batch_size=3, output={"partition_rows": 4})
 
-def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
+
+@pytest.mark.parametrize("kind", ["webdataset", "parquet"])
+def test_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt, kind):
+    """2 ranks write the store 1 process writes, bit for bit; the shard headers are walked by rank 0
+    only (the other rank opens the shards from the index rank 0 stored), as the log says."""
     images = make_images(tmp_path / "images", classes=2, per_class=7)
-    make_shards(images, tmp_path / "shards", per_shard=5)
-    pattern = str(tmp_path / "shards/train-{000000..000002}.tar")
-    one = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "one.zarr"))
-    two = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "two.zarr"))
+    if kind == "webdataset":
+        make_shards(images, tmp_path / "shards", per_shard=5)
+        source = {"kind": kind, "root": str(tmp_path / "shards/train-{000000..000002}.tar")}
+    else:
+        source = {"kind": kind, "root": make_parquet(images, tmp_path / "train.parquet", row_group_size=3),
+                  "id_column": "key"}
+    one = _config(tmp_path, source, timm_ckpt, str(tmp_path / "one.zarr"))
+    two = _config(tmp_path, source, timm_ckpt, str(tmp_path / "two.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels on both sides: bit-equal features
     res = subprocess.run([exe("featcache-extract"), one], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -174,7 +185,15 @@ def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = FeatureCache.open(str(tmp_path / "one.zarr")), FeatureCache.open(str(tmp_path / "two.zarr"))
     assert b.is_complete and list(a.sample_ids) == list(b.sample_ids) and a.source == b.source
+    assert len(a.sample_ids) == 14 and a.valid.all()
     np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    if kind == "webdataset":
+        said = res.stdout + res.stderr
+        assert "rank 0: walked the tar headers of 3 of 3 shards" in said, said[-2000:]
+        assert "rank 1: 3 shards opened from the store's index (no header walked)" in said, said[-2000:]
+        assert said.count("walked the tar headers") == 1
+        assert b.source_index() == a.source_index()
 
 
 def test_truncated_shard_rows_are_invalid_in_the_store(tmp_path, timm_ckpt):
