@@ -59,6 +59,8 @@ def open_source(description: dict[str, Any], root: str | None = None, index: dic
         desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
     if kind == "webdataset" and index and index.get("kind") == "webdataset":
         desc["index"] = index
+    if kind == "parquet":
+        desc["from_store"] = True  # a file gone says how to train without it (webdataset: by its fingerprints)
     try:
         source = KINDS[kind](**desc)
     except TypeError as exc:

@@ -354,3 +354,65 @@ def test_store_keeps_the_shard_index_and_reopens_without_walking(tmp_path, timm_
     src = webdataset("memory://wds/train-{000000..000001}.tar")
     assert list(src.sample_ids) == list(cache.sample_ids) and src.describe()["root"].startswith("memory://")
     assert np.array_equal(np.asarray(src.load(3)), np.asarray(source_of(cache).load(3)))
+
+
+def test_parquet_path_column_gives_the_image_folder_features(tmp_path, timm_ckpt):
+    """Paths relative to the Parquet file's folder; a path to a file that is not there is an invalid
+    row whose reason names the file."""
+    images = make_images(tmp_path / "data" / "images", classes=2, per_class=4)
+    files = _folder_files(images)
+    paths = [f"images/{n}/{f}" for _, n, f, _ in files] + ["images/class1/gone.png"]
+    table = pa.table({"file": paths, "label": [c for c, *_ in files] + [1],
+                      "key": [f"{n}/{f}" for _, n, f, _ in files] + ["class1/gone.png"]})
+    pq.write_table(table, tmp_path / "data" / "train.parquet", row_group_size=3)
+    teacher = [timm_teacher(timm_ckpt)]
+    extract(tmp_path / "f.zarr", {"kind": "image_folder", "root": images}, teacher)
+    s = extract(tmp_path / "p.zarr", {"kind": "parquet", "root": str(tmp_path / "data" / "train.parquet"),
+                                      "path_column": "file", "id_column": "key"}, teacher,
+                max_invalid_fraction=0.2)
+    f, p = FeatureCache.open(str(tmp_path / "f.zarr")), FeatureCache.open(s.path)
+    assert s.complete and s.rows == 9 and s.valid_rows == 8
+    assert list(p.sample_ids[:8]) == list(f.sample_ids) and not p.valid[8]
+    np.testing.assert_array_equal(f.load("effnet"), p.load("effnet")[:8])
+    np.testing.assert_array_equal(f.labels, p.labels[:8])
+    log = open(s.invalid_log).read()
+    missing = os.path.join(str(tmp_path / "data"), "images/class1/gone.png")
+    assert log.startswith(f"class1/gone.png\t{missing}: cannot read (No such file or directory)"), log
+
+
+def test_stage2_refuses_a_parquet_store_whose_file_is_gone_in_one_line(tmp_path, timm_ckpt, capsys):
+    from featcache.cache_tools.cli import main as cache_main
+    from featcache.pipeline.cli import main as extract_main
+    images = make_images(tmp_path / "images", classes=2, per_class=2)
+    pq_path = make_parquet(images, tmp_path / "train.parquet")
+    cfg = write_extract_config(tmp_path / "p.toml", tmp_path / "p.zarr", {"kind": "parquet", "root": pq_path},
+                               [timm_teacher(timm_ckpt)])
+    assert extract_main([cfg, "--index-only"]) == 0
+    os.remove(pq_path)
+    capsys.readouterr()
+    assert cache_main(["inputs", str(tmp_path / "p.zarr"), "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{pq_path}: Parquet file or folder not found; stage 2 needs the Parquet " \
+        "files, or the student inputs cached in the store (featcache-cache inputs)" in err, err
+    # at extraction the same file missing is the plain line (no stage-2 hint)
+    assert extract_main([cfg, "--index-only", "--set", "output.overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Parquet file or folder not found" in err and "stage 2" not in err, err
+
+
+def test_arrow_files_behind_a_url_exit_2_in_one_line(tmp_path, timm_ckpt, capsys):
+    import fsspec
+    from featcache.pipeline.cli import main as extract_main
+    images = make_images(tmp_path / "images", classes=1, per_class=2)
+    table = pa.table({"image": [d for *_, d in _folder_files(images)], "label": [0, 0]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    fsspec.filesystem("memory").pipe("/ds-arrow/train/data-00000-of-00001.arrow", sink.getvalue().to_pybytes())
+    cfg = write_extract_config(tmp_path / "a.toml", tmp_path / "a.zarr",
+                               {"kind": "parquet", "root": "memory://ds-arrow/train"}, [timm_teacher(timm_ckpt)])
+    assert extract_main([cfg, "--index-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data-00000-of-00001.arrow: save_to_disk .arrow files are read memory-mapped " \
+        "from a local disk; copy them there, or export Parquet (Dataset.to_parquet)" in err, err
+    assert "internal error" not in err and "cannot read Parquet" not in err and not os.path.exists(tmp_path / "a.zarr")
