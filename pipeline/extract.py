@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterator
 
 import numpy as np
@@ -24,7 +25,7 @@ from featcache.cache_tools import (INDEX_PART, CacheError, CacheNotFoundError, F
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import UsageError
-from featcache.plumbing.distributed import Dist, all_sum, barrier, setup, teardown
+from featcache.plumbing.distributed import Dist, all_sum, barrier, patient_group, setup, teardown
 from featcache.cache_tools.locate import detect_backend
 from featcache.cache_tools.verify import recheck_newest
 from featcache.rawdata import KINDS, InputError, Source, clean_reason, head
@@ -105,6 +106,9 @@ def invalid_log_path(store: str) -> str:
 # the tar headers of every shard the store's index does not cover: on object storage about one
 # request per sample), creates or checks the store and keeps the source's index in it; the other
 # ranks open the source after the barrier from that stored index, so every shard is walked once.
+MAIN_RANK_WAIT = timedelta(hours=48)  # how long the other ranks wait for rank 0's walk (and teacher load)
+
+
 def _backend(cfg: ExtractConfig) -> str | None:
     return None if cfg.output.backend == "auto" else cfg.output.backend
 
@@ -361,9 +365,10 @@ def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> 
 def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     if dist_.world > 1 and (_backend(cfg) or detect_backend(cfg.output.store)) == "hdf5":
         raise ConfigError("output.backend: HDF5 allows one writer; use Zarr under torchrun")
+    waiting = patient_group(MAIN_RANK_WAIT) if dist_.world > 1 else None
     if dist_.is_main:
         source, teachers = _open_on_main(cfg, add_teacher, dist_, log)
-    barrier()  # the store exists now, holding the source's index
+    barrier(waiting)  # the store exists now, holding the source's index
     if not dist_.is_main:
         source, teachers = _open_on_other_rank(cfg, dist_)
     _report_other_ranks(source, dist_, log)
