@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -74,6 +75,15 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def barrier() -> None:
+def patient_group(timeout: timedelta) -> object | None:
+    """A gloo group of every rank whose waits last ``timeout`` rather than the default group's 30
+    minutes, for ranks that wait on one rank's long work (rank 0 walking every shard's headers on
+    object storage can take hours). Every rank makes it at the same point, before that work starts;
+    None without a process group."""
+    return dist.new_group(backend="gloo", timeout=timeout) if dist.is_initialized() else None
+
+
+def barrier(group: object | None = None) -> None:
+    """Wait for every rank (in ``group``, e.g. a ``patient_group``; the default group otherwise)."""
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)

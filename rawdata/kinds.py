@@ -25,7 +25,7 @@ def subset(parent: dict[str, Any], rows: list[int], root: str | None = None, kee
     labels = base.labels[idx] if keep_labels else np.full(len(idx), -1, np.int64)
     params = {"parent": parent, "rows": idx.tolist(), **({"keep_labels": True} if keep_labels else {})}
     return Source("subset", base.modality, [base.sample_ids[i] for i in idx], labels, base.classes, params,
-                  lambda i: base.load(int(idx[i])), base.reopen_index)
+                  lambda i: base.load(int(idx[i])), base.reopen_index, base.walked)
 
 
 KINDS: dict[str, Callable[..., Source]] = {
@@ -59,6 +59,8 @@ def open_source(description: dict[str, Any], root: str | None = None, index: dic
         desc["path"] = os.path.join(root, os.path.basename(desc["path"]))
     if kind == "webdataset" and index and index.get("kind") == "webdataset":
         desc["index"] = index
+    if kind == "parquet":
+        desc["from_store"] = True  # a file gone says how to train without it (webdataset: by its fingerprints)
     try:
         source = KINDS[kind](**desc)
     except TypeError as exc:

@@ -83,8 +83,8 @@ def _open_table(path: str, opener: Files) -> Any:
 
     if path.endswith(".arrow"):
         if is_url(path):
-            raise ValueError(f"{path}: save_to_disk .arrow files are read memory-mapped from a local disk; copy "
-                             "them there, or export Parquet (Dataset.to_parquet)")
+            raise SourceError(f"{path}: save_to_disk .arrow files are read memory-mapped from a local disk; copy "
+                              "them there, or export Parquet (Dataset.to_parquet)")
         return _ArrowStream(path)
     return pq.ParquetFile(opener.open(path, cache_type="none") if is_url(path) else path)
 
@@ -158,24 +158,31 @@ class ParquetRows:
         return col[i - self.starts[k]].as_py()
 
 
+REOPEN_HINT = "; stage 2 needs the Parquet files, or the student inputs cached in the store (featcache-cache inputs)"
+
+
 def parquet(root: str, image_column: str = "image", path_column: str = "", text_column: str = "",
             label_column: str = "label", id_column: str = "", max_image_pixels: int = 0, *,
-            storage_options: Mapping[str, Any] | None = None) -> Source:
+            storage_options: Mapping[str, Any] | None = None, from_store: bool = False) -> Source:
     """A .parquet file or a folder of them (sorted), e.g. a Hugging Face dataset's Parquet export,
     local or behind an fsspec URL. Only the id and label columns are read at open; ``load(i)`` reads
-    the row group holding row i. ``storage_options`` are never recorded."""
+    the row group holding row i. ``storage_options`` are never recorded. ``from_store``: reopened
+    from what a store recorded (stage 2), so files gone say how to train without them."""
     root = normalise(root)
     opener = Files(storage_options)
+    hint = REOPEN_HINT if from_store else ""
     try:
         files = parquet_files(root, opener)
     except FileNotFoundError as exc:
-        raise SourceError(str(exc)) from None
+        raise SourceError(f"{exc}{hint}") from None
     except OSError as exc:  # a listing refused (credentials, endpoint): the user's to fix
         raise SourceError(f"{root}: cannot list ({clean_reason(exc)})") from None
     if not files:
-        raise SourceError(f"{root}: no .parquet files found")
+        raise SourceError(f"{root}: no .parquet files found{hint}")
     try:
         rows = ParquetRows(files, opener=opener)
+    except SourceError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for an unreadable file
         raise SourceError(f"{root}: cannot read Parquet ({clean_reason(exc)})") from exc
     schema = rows.files[0].schema_arrow

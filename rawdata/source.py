@@ -34,6 +34,9 @@ class Source:
     # plain data a store keeps beside the description so a reopen skips costly listing work
     # (webdataset: the shard index); passed back as ``index=`` (see ``kinds.open_source``)
     reopen_index: dict[str, Any] | None = field(default=None, repr=False)
+    # how many files opening had to read through because no index served them (webdataset: shard
+    # header walks); torchrun ranks report it so a user sees the walk happened once, not per rank
+    walked: int = 0
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -51,7 +54,8 @@ def head(source: Source, limit: int) -> Source:
     if limit <= 0 or limit >= len(source):
         return source
     return Source(source.kind, source.modality, source.sample_ids[:limit], source.labels[:limit],
-                  source.classes, {**source.params, "limit": int(limit)}, source._load, source.reopen_index)
+                  source.classes, {**source.params, "limit": int(limit)}, source._load, source.reopen_index,
+                  source.walked)
 
 
 def named_labels(values: list[Any], names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:

@@ -67,13 +67,14 @@ def _changed(root: Any, found: Mapping[str, str], recorded: Mapping[str, str]) -
 
 
 def _shard_records(files: Files, paths: list[str], label_field: str, index: Mapping[str, Any] | None,
-                   fingerprints: Mapping[str, str] | None, root: Any) -> list[dict[str, Any]]:
+                   fingerprints: Mapping[str, str] | None, root: Any) -> tuple[list[dict[str, Any]], int]:
     """One plain record per shard: from the stored index when the shard's size still matches (and
-    its members still hash to the fingerprint the store recorded), else from a walk of its headers."""
+    its members still hash to the fingerprint the store recorded), else from a walk of its headers;
+    and how many shards were walked."""
     sizes = files.sizes(paths)
     usable = bool(index) and index.get("version") == INDEX_VERSION and index.get("label_field") == label_field
     stored = dict(index.get("shards", {})) if usable else {}
-    out = []
+    out, walked = [], 0
     for path in paths:
         name, size = shards.basename(path), sizes[path]
         if size is None:
@@ -91,7 +92,8 @@ def _shard_records(files: Files, paths: list[str], label_field: str, index: Mapp
             raise SourceError(str(exc)) from None
         labels, errors = _shard_labels(files, path, record, kept, label_field)
         out.append({**record.plain(), "labels": labels, "label_errors": errors})
-    return out
+        walked += 1
+    return out, walked
 
 
 def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = WDS_EXTENSIONS,
@@ -106,7 +108,7 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
     paths = shards.shard_list(root)
     files = Files(storage_options)
     try:
-        records = _shard_records(files, paths, label_field, index, fingerprints, root)
+        records, walked = _shard_records(files, paths, label_field, index, fingerprints, root)
     except OSError as exc:  # a listing refused (credentials, endpoint): the user's to fix
         raise SourceError(f"{root}: cannot list the shards ({clean_reason(exc)})") from None
     found = {doc["name"]: doc["fingerprint"] for doc in records}
@@ -159,6 +161,6 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
               **image_params(max_image_pixels)}
     reopen = {"version": INDEX_VERSION, "kind": "webdataset", "label_field": label_field,
               "shards": {doc["name"]: doc for doc in records}}
-    source = Source("webdataset", modality, ids, labels, classes, params, load, reopen_index=reopen)
+    source = Source("webdataset", modality, ids, labels, classes, params, load, reopen_index=reopen, walked=walked)
     source.files = files  # requests and bytes read so far (tests, benchmarks)
     return source

@@ -156,16 +156,27 @@ def test_corrupt_members_and_cells_are_invalid_rows(tmp_path):
 
 
 def _wds_config(tmp_path, pattern, ckpt, store):
-    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store,
-                                {"kind": "webdataset", "root": pattern}, [timm_teacher(ckpt)],
+    return _config(tmp_path, {"kind": "webdataset", "root": pattern}, ckpt, store)
+
+
+def _config(tmp_path, source, ckpt, store):
+    return write_extract_config(tmp_path / f"{os.path.basename(store)}.toml", store, source, [timm_teacher(ckpt)],
                                 batch_size=3, output={"partition_rows": 4})
 
-def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
+
+@pytest.mark.parametrize("kind", ["webdataset", "parquet"])
+def test_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt, kind):
+    """2 ranks write the store 1 process writes, bit for bit; the shard headers are walked by rank 0
+    only (the other rank opens the shards from the index rank 0 stored), as the log says."""
     images = make_images(tmp_path / "images", classes=2, per_class=7)
-    make_shards(images, tmp_path / "shards", per_shard=5)
-    pattern = str(tmp_path / "shards/train-{000000..000002}.tar")
-    one = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "one.zarr"))
-    two = _wds_config(tmp_path, pattern, timm_ckpt, str(tmp_path / "two.zarr"))
+    if kind == "webdataset":
+        make_shards(images, tmp_path / "shards", per_shard=5)
+        source = {"kind": kind, "root": str(tmp_path / "shards/train-{000000..000002}.tar")}
+    else:
+        source = {"kind": kind, "root": make_parquet(images, tmp_path / "train.parquet", row_group_size=3),
+                  "id_column": "key"}
+    one = _config(tmp_path, source, timm_ckpt, str(tmp_path / "one.zarr"))
+    two = _config(tmp_path, source, timm_ckpt, str(tmp_path / "two.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels on both sides: bit-equal features
     res = subprocess.run([exe("featcache-extract"), one], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -174,7 +185,15 @@ def test_webdataset_torchrun_two_ranks_equal_one(tmp_path, timm_ckpt):
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = FeatureCache.open(str(tmp_path / "one.zarr")), FeatureCache.open(str(tmp_path / "two.zarr"))
     assert b.is_complete and list(a.sample_ids) == list(b.sample_ids) and a.source == b.source
+    assert len(a.sample_ids) == 14 and a.valid.all()
     np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    if kind == "webdataset":
+        said = res.stdout + res.stderr
+        assert "rank 0: walked the tar headers of 3 of 3 shards" in said, said[-2000:]
+        assert "rank 1: 3 shards opened from the store's index (no header walked)" in said, said[-2000:]
+        assert said.count("walked the tar headers") == 1
+        assert b.source_index() == a.source_index()
 
 
 def test_truncated_shard_rows_are_invalid_in_the_store(tmp_path, timm_ckpt):
@@ -335,3 +354,65 @@ def test_store_keeps_the_shard_index_and_reopens_without_walking(tmp_path, timm_
     src = webdataset("memory://wds/train-{000000..000001}.tar")
     assert list(src.sample_ids) == list(cache.sample_ids) and src.describe()["root"].startswith("memory://")
     assert np.array_equal(np.asarray(src.load(3)), np.asarray(source_of(cache).load(3)))
+
+
+def test_parquet_path_column_gives_the_image_folder_features(tmp_path, timm_ckpt):
+    """Paths relative to the Parquet file's folder; a path to a file that is not there is an invalid
+    row whose reason names the file."""
+    images = make_images(tmp_path / "data" / "images", classes=2, per_class=4)
+    files = _folder_files(images)
+    paths = [f"images/{n}/{f}" for _, n, f, _ in files] + ["images/class1/gone.png"]
+    table = pa.table({"file": paths, "label": [c for c, *_ in files] + [1],
+                      "key": [f"{n}/{f}" for _, n, f, _ in files] + ["class1/gone.png"]})
+    pq.write_table(table, tmp_path / "data" / "train.parquet", row_group_size=3)
+    teacher = [timm_teacher(timm_ckpt)]
+    extract(tmp_path / "f.zarr", {"kind": "image_folder", "root": images}, teacher)
+    s = extract(tmp_path / "p.zarr", {"kind": "parquet", "root": str(tmp_path / "data" / "train.parquet"),
+                                      "path_column": "file", "id_column": "key"}, teacher,
+                max_invalid_fraction=0.2)
+    f, p = FeatureCache.open(str(tmp_path / "f.zarr")), FeatureCache.open(s.path)
+    assert s.complete and s.rows == 9 and s.valid_rows == 8
+    assert list(p.sample_ids[:8]) == list(f.sample_ids) and not p.valid[8]
+    np.testing.assert_array_equal(f.load("effnet"), p.load("effnet")[:8])
+    np.testing.assert_array_equal(f.labels, p.labels[:8])
+    log = open(s.invalid_log).read()
+    missing = os.path.join(str(tmp_path / "data"), "images/class1/gone.png")
+    assert log.startswith(f"class1/gone.png\t{missing}: cannot read (No such file or directory)"), log
+
+
+def test_stage2_refuses_a_parquet_store_whose_file_is_gone_in_one_line(tmp_path, timm_ckpt, capsys):
+    from featcache.cache_tools.cli import main as cache_main
+    from featcache.pipeline.cli import main as extract_main
+    images = make_images(tmp_path / "images", classes=2, per_class=2)
+    pq_path = make_parquet(images, tmp_path / "train.parquet")
+    cfg = write_extract_config(tmp_path / "p.toml", tmp_path / "p.zarr", {"kind": "parquet", "root": pq_path},
+                               [timm_teacher(timm_ckpt)])
+    assert extract_main([cfg, "--index-only"]) == 0
+    os.remove(pq_path)
+    capsys.readouterr()
+    assert cache_main(["inputs", str(tmp_path / "p.zarr"), "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{pq_path}: Parquet file or folder not found; stage 2 needs the Parquet " \
+        "files, or the student inputs cached in the store (featcache-cache inputs)" in err, err
+    # at extraction the same file missing is the plain line (no stage-2 hint)
+    assert extract_main([cfg, "--index-only", "--set", "output.overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Parquet file or folder not found" in err and "stage 2" not in err, err
+
+
+def test_arrow_files_behind_a_url_exit_2_in_one_line(tmp_path, timm_ckpt, capsys):
+    import fsspec
+    from featcache.pipeline.cli import main as extract_main
+    images = make_images(tmp_path / "images", classes=1, per_class=2)
+    table = pa.table({"image": [d for *_, d in _folder_files(images)], "label": [0, 0]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    fsspec.filesystem("memory").pipe("/ds-arrow/train/data-00000-of-00001.arrow", sink.getvalue().to_pybytes())
+    cfg = write_extract_config(tmp_path / "a.toml", tmp_path / "a.zarr",
+                               {"kind": "parquet", "root": "memory://ds-arrow/train"}, [timm_teacher(timm_ckpt)])
+    assert extract_main([cfg, "--index-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data-00000-of-00001.arrow: save_to_disk .arrow files are read memory-mapped " \
+        "from a local disk; copy them there, or export Parquet (Dataset.to_parquet)" in err, err
+    assert "internal error" not in err and "cannot read Parquet" not in err and not os.path.exists(tmp_path / "a.zarr")
