@@ -12,7 +12,7 @@ from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.extract import run_extract
 
-from conftest import extract, make_images, timm_teacher  # noqa: E402
+from extract_helpers import extract, make_images, timm_teacher  # noqa: E402
 
 
 def newest(store, part):

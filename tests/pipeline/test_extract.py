@@ -17,7 +17,7 @@ from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.extract import ExtractError
 from featcache.pipeline.teachers import build_teacher
 
-from conftest import clip_teacher, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
+from extract_helpers import clip_teacher, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 
 def test_two_teachers_one_decode_per_input(images, timm_ckpt, clip_files, tmp_path, monkeypatch):

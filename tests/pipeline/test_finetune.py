@@ -9,7 +9,7 @@ import numpy as np
 
 from featcache.cache_tools import FeatureCache, verify
 
-from conftest import extract, timm_teacher  # noqa: E402
+from extract_helpers import extract, timm_teacher  # noqa: E402
 
 
 def test_finetune_teacher_and_cache_its_logits(images, timm_ckpt, tmp_path):

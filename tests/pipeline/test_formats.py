@@ -17,7 +17,7 @@ from featcache.cache_tools import FeatureCache  # noqa: E402
 from featcache.rawdata import open_source, parquet, SourceError, webdataset  # noqa: E402
 from featcache.rawdata.tar_shards import expand_braces  # noqa: E402
 
-from conftest import exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
+from extract_helpers import exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 
 def _folder_files(root):

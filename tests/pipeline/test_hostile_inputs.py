@@ -11,7 +11,7 @@ from PIL import BmpImagePlugin, Image
 from featcache.cache_tools import FeatureCache, verify
 from featcache.rawdata import InputError, manifest
 
-from conftest import extract, make_images, timm_teacher  # noqa: E402
+from extract_helpers import extract, make_images, timm_teacher  # noqa: E402
 
 
 def bomb_png(width=20000, height=20000) -> bytes:

@@ -21,7 +21,7 @@ from featcache.plumbing import storage
 from featcache.cache_tools.cli import main as cache_main
 from featcache.plumbing.config import load_config
 
-from conftest import BUCKET, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402  (the s3 server fixture is there too)
+from extract_helpers import BUCKET, exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")

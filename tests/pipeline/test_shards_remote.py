@@ -16,7 +16,7 @@ from featcache.plumbing import storage
 from featcache.rawdata import SourceError, open_source, source_of, webdataset
 from featcache.rawdata import tar_shards
 
-from conftest import BUCKET, extract, make_images, timm_teacher  # noqa: E402  (and the session s3 server fixture)
+from extract_helpers import BUCKET, extract, make_images, timm_teacher  # noqa: E402
 from test_formats import _by_image, make_parquet, make_shards  # noqa: E402
 from test_s3 import flag, fresh_options, train_config  # noqa: E402,F401 - fresh_options is an autouse fixture
 

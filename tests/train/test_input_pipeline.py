@@ -13,7 +13,7 @@ from featcache.rawdata import source_of
 from featcache.train.data import FeatureBank, build_splits, describe_inputs
 from featcache.train.loop import run, train_batches
 
-from conftest import build_store  # noqa: E402  (tests/train/conftest.py)
+from train_helpers import build_store  # noqa: E402
 from test_loop import cfg_for  # noqa: E402
 
 

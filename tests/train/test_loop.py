@@ -14,7 +14,7 @@ from featcache.plumbing.config import ConfigError, load_config
 from featcache.train.config import TrainConfig
 from featcache.train.loop import run
 
-from conftest import build_store, write_config  # noqa: E402  (tests/train/conftest.py)
+from train_helpers import build_store, write_config  # noqa: E402
 
 
 def cfg_for(train, test, out, **over):

@@ -15,7 +15,7 @@ from featcache.train.losses import MethodLoss, labeled_ce
 from featcache.train.methods import BuildContext, Method, from_config, get, lookup, names, register, unregister
 from featcache.train.sweep import config_hash, parse_axis, plan
 
-from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
+from train_helpers import write_config  # noqa: E402
 
 
 class LogitPenalty(MethodLoss):

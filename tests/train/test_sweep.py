@@ -11,7 +11,7 @@ import pytest
 from featcache.plumbing.config import ConfigError
 from featcache.train.sweep import parse_axis, plan, split_values  # noqa: F401
 
-from conftest import write_config  # noqa: E402  (tests/train/conftest.py)
+from train_helpers import write_config  # noqa: E402
 
 EXE = os.path.join(os.path.dirname(sys.executable), "featcache-train")
 
