@@ -14,11 +14,11 @@ from .kinds import KINDS, open_source, subset
 from .manifests import manifest
 from .parquet_tables import parquet
 from .reopen import SourceMismatch, source_of
-from .source import InputError, Source, SourceError, head
+from .source import InputError, Source, SourceChanged, SourceError, head
 from .webdataset_shards import webdataset
 
 __all__ = [
-    "InputError", "KINDS", "Source", "SourceError", "SourceMismatch", "clean_reason", "dataset_fingerprint",
+    "InputError", "KINDS", "Source", "SourceChanged", "SourceError", "SourceMismatch", "clean_reason", "dataset_fingerprint",
     "default_fashion_mnist_root", "fashion_mnist", "head", "image_folder", "manifest", "open_source", "parquet",
     "pixel_limit", "source_of", "subset", "text_categories", "text_folder", "webdataset",
 ]

@@ -18,6 +18,11 @@ class SourceError(UsageError):
     """The source as configured cannot be listed (bad path, bad manifest)."""
 
 
+class SourceChanged(DataError):
+    """The raw inputs changed since a store recorded them (a shard rewritten): the data moved under
+    the store, not a mistake in the command, so it exits 1 like a store of another dataset."""
+
+
 class InputError(DataError):
     """One row's input cannot be read or decoded; the row is marked invalid."""
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from . import tar_shards as shards
 from .decode import InputError, check_text, clean_reason, decode_image, image_params
 from .remote_files import Files, normalise
-from .source import Source, SourceError, named_labels
+from .source import Source, SourceChanged, SourceError, named_labels
 
 
 WDS_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -60,9 +60,9 @@ def _shard_labels(files: Files, path: str, record: shards.ShardRecord, kept: dic
     return labels, errors
 
 
-def _changed(root: Any, found: Mapping[str, str], recorded: Mapping[str, str]) -> SourceError:
+def _changed(root: Any, found: Mapping[str, str], recorded: Mapping[str, str]) -> SourceChanged:
     changed = sorted(k for k in set(found) | set(recorded) if found.get(k) != recorded.get(k))
-    return SourceError(f"{root}: shards changed since the store was built ({', '.join(changed[:5])}); "
+    return SourceChanged(f"{root}: shards changed since the store was built ({', '.join(changed[:5])}); "
                        "re-extract, or cache the student inputs in the store while the shards match")
 
 
@@ -149,7 +149,7 @@ def webdataset(root: str | list[str], extensions: list[str] | tuple[str, ...] = 
         try:
             data = shards.read_member(files, path, *sample.members[ext])
         except shards.ShardChanged as exc:
-            raise SourceError(f"{exc}; re-extract, or cache the student inputs while the shards match") from None
+            raise SourceChanged(f"{exc}; re-extract, or cache the student inputs while the shards match") from None
         except OSError as exc:
             raise InputError(f"{what}: {clean_reason(exc)}") from exc
         if modality == "text":

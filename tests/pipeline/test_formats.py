@@ -14,7 +14,7 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 from featcache.cache_tools import FeatureCache  # noqa: E402
-from featcache.rawdata import open_source, parquet, SourceError, webdataset  # noqa: E402
+from featcache.rawdata import open_source, parquet, SourceChanged, SourceError, webdataset  # noqa: E402
 from featcache.rawdata.tar_shards import expand_braces  # noqa: E402
 
 from extract_helpers import exe, extract, make_images, timm_teacher, write_extract_config  # noqa: E402
@@ -111,7 +111,7 @@ def test_three_sources_give_identical_features(tmp_path, timm_ckpt):
     assert np.array_equal(np.asarray(src.load(row)), np.asarray(folder.load(folder.sample_ids.index("class1/000.png"))))
     with tarfile.open(tmp_path / "shards/train-000002.tar", "a") as tar:
         _add(tar, "extra.png", b"x")
-    with pytest.raises(SourceError, match=r"shards changed since the store was built \(train-000002.tar\)"):
+    with pytest.raises(SourceChanged, match=r"shards changed since the store was built \(train-000002.tar\)"):
         open_source(w.source)
 
 

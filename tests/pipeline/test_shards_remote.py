@@ -13,7 +13,7 @@ import pytest
 from featcache.cache_tools import FeatureCache, verify
 from featcache.cache_tools.cli import main as cache_main
 from featcache.plumbing import storage
-from featcache.rawdata import SourceError, open_source, source_of, webdataset
+from featcache.rawdata import SourceChanged, SourceError, open_source, source_of, webdataset
 from featcache.rawdata import tar_shards
 
 from extract_helpers import BUCKET, extract, make_images, timm_teacher  # noqa: E402
@@ -153,13 +153,13 @@ def test_changed_shards_are_refused_in_one_line(s3, bucket_data, tmp_path, timm_
     with FeatureCache.open(s.path) as cache:
         reopened = source_of(cache)
         row = next(i for i, sid in enumerate(reopened.sample_ids) if sid.startswith("train-000001.tar/"))
-        with pytest.raises(SourceError, match=r"train-000001.tar: the member at offset \d+ is not the one indexed"):
+        with pytest.raises(SourceChanged, match=r"train-000001.tar: the member at offset \d+ is not the one indexed"):
             reopened.load(row)
         reopened.load(0)  # the other shards still read
     storage.reset()
     # a member added (the size changes): the shard is walked again and its fingerprint refuses it
     _rewrite(bucket_data["local"][1], fs, f"{prefix}/train-000001.tar", extra=b"x" * 20000)
-    assert cache_main(["inputs", s.path, "--size", "16", *flag(s3)]) == 2
+    assert cache_main(["inputs", s.path, "--size", "16", *flag(s3)]) == 1  # the data changed under the store: exit 1, like a store of another dataset
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "shards changed since the store was built (train-000001.tar)" in err, err
 
