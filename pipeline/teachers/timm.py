@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from featcache.plumbing.weights import read_tensors
+from featcache.plumbing.weights import misfit, read_tensors
 
 from ..config import TeacherConfig
 from .base import TeacherError, TeacherWeightsError, describe_transform, finish, inference, library_version, state_dict_sha256
@@ -75,15 +75,9 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or extra or shapes:
-        parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
-                 f"{len(extra)} unexpected ({', '.join(extra[:3])})" if extra else "",
-                 f"{len(shapes)} of another shape ({', '.join(sorted(shapes)[:3])})" if shapes else ""]
-        raise TeacherWeightsError(f"{origin}: weights do not match the model: " + "; ".join(p for p in parts if p))
+    why = misfit(model.state_dict(), state)
+    if why:
+        raise TeacherWeightsError(f"{origin}: weights do not match the model: {why}")
     model.load_state_dict(state, strict=True)
 
 
