@@ -122,10 +122,14 @@ def _with_views(cache: FeatureCache, wanted: dict[str, Any]) -> dict[str, Any]:
     return {**wanted, "view_digest": view_digest(cache)}
 
 
+def _differing(spec: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The keys of ``wanted`` an input set's spec does not hold (``INFO_KEYS`` are never matched)."""
+    return [k for k, v in wanted.items() if k not in INFO_KEYS and spec.get(k) != v]
+
+
 def _mismatch(spec: dict[str, Any], wanted: dict[str, Any]) -> str:
     """How an input set differs from ``wanted``: its size and filter, and a word when only its views do."""
-    differ = [k for k, v in wanted.items() if k not in INFO_KEYS and spec.get(k) != v]
-    if differ != ["view_digest"]:
+    if _differing(spec, wanted) != ["view_digest"]:
         return _describe(spec)
     if "view_digest" not in spec:
         return f"{_describe(spec)}, written before sets recorded their views"
@@ -148,7 +152,7 @@ def find_matching(cache: FeatureCache, wanted: dict[str, Any]) -> tuple[str | No
     others = []
     for name in names:
         spec = cache.inputs_info(name)["spec"]
-        if any(spec.get(k) != v for k, v in wanted.items() if k not in INFO_KEYS):
+        if _differing(spec, wanted):
             others.append(f"{name} ({_mismatch(spec, wanted)})")
             continue
         done = len(cache.inputs_done(name))
@@ -166,9 +170,8 @@ def free_name(cache: FeatureCache, spec: dict[str, Any]) -> str:
     name = default_name(spec)
     if name not in cache.inputs or spec.get("kind") != "image":
         return name
-    held = cache.inputs_info(name)["spec"]
     wanted = _with_views(cache, spec)
-    if all(held.get(k) == v for k, v in wanted.items() if k not in INFO_KEYS):
+    if not _differing(cache.inputs_info(name)["spec"], wanted):
         return name
     return f"{name}_{wanted['view_digest'][:8]}"
 
