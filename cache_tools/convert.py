@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -80,19 +81,26 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
     every teacher, every cached input set, and the stored source index.
 
     Local destinations are built beside ``dst`` under a temporary name and swapped into place
-    only once complete and verified (``atomic.swap_into``): a kill at any moment leaves at
-    ``dst`` either the old store, whole, or the new one, whole. Remote destinations are written
-    in place (an object store has no rename).
+    only once complete and verified (``built_beside``): a kill at any moment leaves at ``dst``
+    either the old store, whole, or the new one, whole. Remote destinations are written in place
+    (an object store has no rename).
     """
     backend = backend or detect_backend(dst_path)
-    is_local = "://" not in dst_path
-    if is_local and os.path.lexists(dst_path) and not overwrite:
-        raise FileExistsError(f"{dst_path}: already exists (pass --overwrite to replace it)")
-    build_path = build_name(dst_path) if is_local else dst_path
+    if "://" in dst_path:
+        _write_copy(src_path, dst_path, backend, compressor, progress, overwrite=True)
+    else:
+        with built_beside(dst_path, overwrite) as build_path:
+            _write_copy(src_path, build_path, backend, compressor, progress, overwrite=False)
+    return FeatureCache.open(dst_path, backend=backend)
+
+
+def _write_copy(src_path: str, path: str, backend: str, compressor: str | None, progress: Progress | None, *,
+                overwrite: bool) -> None:
+    """The copy of ``src`` at ``path``, checked equal, and closed."""
     with FeatureCache.open(src_path) as src:
-        dst = FeatureCache.create(build_path, sample_ids=src.sample_ids, labels=src.labels, views=src.views,
+        dst = FeatureCache.create(path, sample_ids=src.sample_ids, labels=src.labels, views=src.views,
                                   view_param_names=src.view_param_names, partition_rows=src.partition_rows,
-                                  split=src.split, source=src.source, backend=backend, overwrite=not is_local,
+                                  split=src.split, source=src.source, backend=backend, overwrite=overwrite,
                                   source_index=src.source_index())
         try:
             dst.store.set_attrs("", {ROOT_KEY: src.meta})
@@ -105,19 +113,24 @@ def convert(src_path: str, dst_path: str, *, backend: str | None = None, compres
             dst = FeatureCache(dst.store)  # re-read the copied root metadata
             _copy_partitions(src, dst, progress)
             _check_equal(src, dst)
-        except BaseException:
+        finally:
             dst.close()
-            if is_local:
-                atomic.remove_path(build_path)
-            raise
-        dst.close()
-    if is_local:
-        try:
-            atomic.swap_into(build_path, dst_path)
-        except BaseException:
-            atomic.remove_path(build_path)  # the old store is still at dst_path, whole
-            raise
-    return FeatureCache.open(dst_path, backend=backend)
+
+
+@contextmanager
+def built_beside(dst_path: str, overwrite: bool) -> Iterator[str]:
+    """A local store's build path beside ``dst_path``, swapped into place when the block ends
+    (``atomic.swap_into``) and removed when it fails: ``overwrite`` never removes the old store
+    before the new one is whole. ``convert``, ``subset`` and ``retrieve`` write through it."""
+    if os.path.lexists(dst_path) and not overwrite:
+        raise FileExistsError(f"{dst_path}: already exists (pass --overwrite to replace it)")
+    build_path = build_name(dst_path)
+    try:
+        yield build_path
+        atomic.swap_into(build_path, dst_path)
+    except BaseException:
+        atomic.remove_path(build_path)  # the old store, if any, is still at dst_path, whole
+        raise
 
 
 def build_name(dst_path: str) -> str:

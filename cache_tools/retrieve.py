@@ -22,7 +22,7 @@ import numpy as np
 from featcache.plumbing import atomic
 
 from .cache import FeatureCache, require_complete
-from .convert import build_name
+from .convert import built_beside
 from .errors import CacheError
 
 DUPLICATE_COS = 1 - 1e-6
@@ -150,15 +150,8 @@ def write_subset_store(out: str, src: FeatureCache, rows: np.ndarray, *, keep_la
     """
     if "://" in out:
         return _write_subset(out, src, rows, keep_labels=keep_labels, split=split, extra=extra, overwrite=overwrite)
-    if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    build = build_name(out)
-    try:
+    with built_beside(out, overwrite) as build:
         _write_subset(build, src, rows, keep_labels=keep_labels, split=split, extra=extra).close()
-        atomic.swap_into(build, out)
-    except BaseException:
-        atomic.remove_path(build)
-        raise
     return FeatureCache.open(out, mode="r+")
 
 
