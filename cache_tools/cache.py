@@ -571,7 +571,7 @@ def read_source_index(store: Store, doc: Mapping[str, Any]) -> dict[str, Any]:
     found = hashlib.sha256(data).hexdigest()
     if found != doc.get("sha256"):
         raise CorruptCacheError("%s: bytes changed since written (sha256 %s, now %s)"
-                         % (doc["node"], *short_pair(doc.get("sha256"), found)))
+                                % (doc["node"], *short_pair(doc.get("sha256"), found)))
     return json.loads(zlib.decompress(data))
 
 

@@ -63,7 +63,7 @@ def _shard_labels(files: Files, path: str, record: shards.ShardRecord, kept: dic
 def _changed(root: Any, found: Mapping[str, str], recorded: Mapping[str, str]) -> SourceChanged:
     changed = sorted(k for k in set(found) | set(recorded) if found.get(k) != recorded.get(k))
     return SourceChanged(f"{root}: shards changed since the store was built ({', '.join(changed[:5])}); "
-                       "re-extract, or cache the student inputs in the store while the shards match")
+                         "re-extract, or cache the student inputs in the store while the shards match")
 
 
 def _shard_records(files: Files, paths: list[str], label_field: str, index: Mapping[str, Any] | None,
