@@ -418,9 +418,8 @@ class FeatureCache:
                                     "rows": stop - start, "checksum": inputs_checksum(written)})
 
     def inputs_done(self, name: str) -> set[int]:
-        """Partitions of an input set whose done marker exists."""
-        part = f"inputs/{name}"
-        return {int(doc["partition"]) for key, doc in self.store.markers().items() if key.rsplit("/", 1)[0] == part}
+        """Partitions of an input set whose done marker exists and can be trusted (``trusted_done``)."""
+        return self.trusted_done([f"inputs/{name}"])[f"inputs/{name}"]
 
     def take_inputs(self, name: str, array: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows of one input array in the order given, read chunk by chunk."""
@@ -448,14 +447,20 @@ class FeatureCache:
                     "not what its name says")
         return None
 
-    def done_partitions(self) -> dict[str, set[int]]:
-        """For the index and each teacher, the partitions whose done marker exists and can be trusted."""
-        done: dict[str, set[int]] = {part: set() for part in [INDEX_PART, *self.teachers]}
+    def trusted_done(self, parts: Sequence[str]) -> dict[str, set[int]]:
+        """For each part (the index, a teacher, ``inputs/<name>``), the partitions of this store
+        whose done marker exists and passes ``marker_problem``: the one rule every kind of part
+        is judged by, so a marker that fails its checksum or does not parse is never done."""
+        done: dict[str, set[int]] = {part: set() for part in parts}
         for key, doc in self.store.markers().items():
             part, _, num = key.rpartition("/")
-            if part in done and self.marker_problem(key, doc) is None:
+            if part in done and self.marker_problem(key, doc) is None and int(num) < self.num_partitions:
                 done[part].add(int(num))
         return done
+
+    def done_partitions(self) -> dict[str, set[int]]:
+        """For the index and each teacher, the partitions whose done marker exists and can be trusted."""
+        return self.trusted_done([INDEX_PART, *self.teachers])
 
     def missing_partitions(self) -> dict[str, list[int]]:
         every = set(range(self.num_partitions))

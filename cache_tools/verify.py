@@ -270,8 +270,10 @@ def verify(cache: FeatureCache) -> VerifyReport:
         report.problems.append(f"markers: unreadable ({_why(exc, cache.path)})")
         return report
     _check_partitions(cache, teachers, markers, damaged, report)
-    for part in _input_parts(cache, damaged, report):
-        done = sum(f"{part}/{p:06d}" in markers for p in range(cache.num_partitions))
+    inputs = _input_parts(cache, damaged, report)
+    trusted = cache.trusted_done(inputs)
+    for part in inputs:
+        done = len(trusted[part])
         if done < cache.num_partitions:
             report.notes.append(f"{part}: {done} of {cache.num_partitions} partitions written (incomplete: "
                                 "stage 2 decodes the raw inputs instead)")

@@ -221,3 +221,24 @@ def test_a_set_without_a_view_digest_does_not_match(tmp_path, capsys):
     assert "inputs/image24_bilinear_" in capsys.readouterr().out
     with FeatureCache.open(path) as cache:
         assert find_matching(cache, image_spec(24))[0].startswith("image24_bilinear_")
+
+
+def test_an_untrusted_marker_is_not_done_and_the_rerun_redoes_it(tmp_path):
+    """The index's and the teachers' marker rule holds for input sets too: a marker changed since it
+    was written, or one that does not parse, counts as not done (never a KeyError), and the rerun
+    writes those partitions again."""
+    path = jpeg_store(tmp_path, views=1)
+    with FeatureCache.open(path, mode="r+") as cache:
+        s = cache_inputs(cache, source_of(cache), 16)
+        key = f"inputs/{s.name}/000000"
+        cache.store._put_marker(key, {**cache.store.markers()[key], "rows": 15})  # its checksum no longer fits
+        assert cache.inputs_done(s.name) == {1, 2}
+        with open(cache.store._marker_path(f"inputs/{s.name}/000001"), "w") as fh:
+            fh.write('{"part": "inputs/')  # cut off mid-write by something other than featcache
+        assert cache.inputs_done(s.name) == {2}
+        assert cache.info()["inputs"][s.name]["partitions_done"] == 1
+        name, why = find_matching(cache, image_spec(16))
+        assert name is None and f"{s.name} (incomplete: 1 of 3 partitions)" in why
+        again = cache_inputs(cache, source_of(cache), 16)
+        assert (again.partitions_written, again.partitions_skipped) == (2, 1)
+        assert find_matching(cache, image_spec(16))[0] == s.name
