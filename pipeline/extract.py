@@ -138,10 +138,14 @@ def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, t
 
 
 def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
-    lines = []
-    for key, doc in sorted(cache.store.markers().items()):
-        if key.startswith(f"{INDEX_PART}/"):
-            lines += [f"{sid}\t{why}" for sid, why in sorted(doc.get("notes", {}).get("invalid", {}).items())]
+    """Every invalid row's id and reason, in row order (the index markers keep them by id)."""
+    reasons: dict[str, str] = {}
+    for key, doc in cache.store.markers().items():
+        notes = doc.get("notes") if key.startswith(f"{INDEX_PART}/") else None
+        if isinstance(notes, dict) and isinstance(notes.get("invalid"), dict):
+            reasons.update(notes["invalid"])
+    row_of = {sid: i for i, sid in enumerate(cache.sample_ids) if sid in reasons}
+    lines = [f"{sid}\t{reasons[sid]}" for sid in sorted(reasons, key=lambda sid: (row_of.get(sid, cache.rows), sid))]
     if not lines:
         if os.path.exists(path):
             os.remove(path)

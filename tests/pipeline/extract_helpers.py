@@ -49,6 +49,15 @@ def extract(store, source, teachers, add_teacher=False, **kw):
     return run_extract(load_config(ExtractConfig, data=data), add_teacher=add_teacher, log=lambda _m: None)
 
 
+def extract_index(store, source, **kw):
+    """The index alone (what --index-only runs): no teacher to build, for tests about rows and markers."""
+    import dataclasses
+    data = extract_data(store, source, [], **kw)
+    del data["teachers"]  # the default teacher, never built
+    cfg = load_config(ExtractConfig, data=data)
+    return run_extract(dataclasses.replace(cfg, teachers=()), log=lambda _m: None)
+
+
 def write_extract_config(path, store, source, teachers, **kw) -> str:
     """The same tables as a TOML file, for the console scripts and torchrun."""
     path.write_text(_toml(extract_data(store, source, teachers, **kw)))

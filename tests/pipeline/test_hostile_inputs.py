@@ -11,7 +11,7 @@ from PIL import BmpImagePlugin, Image
 from featcache.cache_tools import FeatureCache, verify
 from featcache.rawdata import InputError, manifest
 
-from extract_helpers import extract, make_images, timm_teacher  # noqa: E402
+from extract_helpers import extract, extract_index, make_images, timm_teacher  # noqa: E402
 
 
 def bomb_png(width=20000, height=20000) -> bytes:
@@ -113,3 +113,16 @@ def test_non_utf8_jsonl_row_in_a_text_extraction(tmp_path, hf_dirs):
     assert s.complete and s.valid_rows == 3
     reasons = invalid_reasons(s.path, s.invalid_log)
     assert list(reasons) == ["t.jsonl:2"] and reasons["t.jsonl:2"].startswith(f"{tmp_path / 't.jsonl'}:2: byte 0xef")
+
+
+def test_the_invalid_log_is_in_row_order(tmp_path):
+    """Twelve broken manifest lines (ids m.jsonl:1 ... m.jsonl:12): the log lists them as the rows
+    come, m.jsonl:2 before m.jsonl:10, not in the order of their ids as strings."""
+    make_images(tmp_path / "imgs", classes=1, per_class=1)
+    lines = [b'{"path": "broken' for _ in range(12)] + [b'{"path": "imgs/class0/000.png"}']
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    s = extract_index(tmp_path / "s.zarr", {"kind": "manifest", "path": str(tmp_path / "m.jsonl")},
+                      max_invalid_fraction=1.0)
+    assert s.complete and (s.rows, s.valid_rows) == (13, 1)
+    logged = [line.split("\t")[0] for line in open(s.invalid_log)]
+    assert logged == [f"m.jsonl:{n}" for n in range(1, 13)]
