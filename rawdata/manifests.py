@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,23 @@ def _bad_text(value: Any) -> str | None:
                 ch = ord(item[exc.start])
                 return f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"character U+{ch:04X}"
     return None
+
+
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _csv_fields_up_to(length: int):
+    """Let the csv module read fields as long as the whole manifest (its default limit, 131,072
+    characters, stops a long text with an error that is about no row), then put the limit back:
+    it is one global of the csv module, which other code in the process may rely on."""
+    with _CSV_LIMIT_LOCK:
+        before = csv.field_size_limit()
+        csv.field_size_limit(max(before, length + 1))
+        try:
+            yield
+        finally:
+            csv.field_size_limit(before)
 
 
 def _manifest_rows(path: str, encoding: str = "utf-8") -> list[dict[str, Any] | _BadRow]:
@@ -64,12 +83,13 @@ def _manifest_rows(path: str, encoding: str = "utf-8") -> list[dict[str, Any] | 
                 continue
             rows.append(row)
         return rows
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames and _bad_text(dict(enumerate(reader.fieldnames))):
-        raise SourceError(f"{path}:1: the header {where}")
-    for row in reader:
-        bad = _bad_text(row)
-        rows.append(_BadRow(reader.line_num, f"{path}:{reader.line_num}: {bad} {where}") if bad else row)
+    with _csv_fields_up_to(len(text)):
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames and _bad_text(dict(enumerate(reader.fieldnames))):
+            raise SourceError(f"{path}:1: the header {where}")
+        for row in reader:
+            bad = _bad_text(row)
+            rows.append(_BadRow(reader.line_num, f"{path}:{reader.line_num}: {bad} {where}") if bad else row)
     return rows
 
 

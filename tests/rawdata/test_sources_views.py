@@ -49,6 +49,21 @@ def test_manifests_csv_and_jsonl(tmp_path):
         manifest(str(tmp_path / "nope.csv"))
 
 
+
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """One 200,000-character text (quoted, with a comma and a line break in it): read whole, and the
+    csv module's own limit, a process-wide setting, is the same afterwards."""
+    import csv
+    long_text = "word, " * 33_333 + "\nend"
+    with open(tmp_path / "t.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["text", "label"], ["short one", "0"], [long_text, "1"], ["last", "0"]])
+    before = csv.field_size_limit()
+    src = manifest(str(tmp_path / "t.csv"))
+    assert len(long_text) > 200_000 > before
+    assert len(src) == 3 and src.load(1) == long_text and src.load(2) == "last"
+    assert src.labels.tolist() == [0, 1, 0] and csv.field_size_limit() == before
+
+
 @pytest.mark.skipif(default_fashion_mnist_root() is None, reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian_package():
     src = fashion_mnist(split="test")
