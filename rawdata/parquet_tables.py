@@ -204,6 +204,20 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
     if len(set(ids)) != len(ids):
         raise SourceError(f"{root}: sample ids are not unique (set source.id_column to a unique column)")
 
+    def read_path(i: int, value: Any, what: str):
+        """The image a path names: a URL, an absolute path, or a path relative to the row's Parquet file."""
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{what}: empty path")
+        base = os.path.dirname(rows.path_of(i))
+        if is_url(base) or is_url(value):
+            full = value if is_url(value) else join(base, value)
+            try:
+                data = opener.cat(full)
+            except OSError as exc:
+                raise InputError(f"{full}: cannot read ({clean_reason(exc)})") from exc
+            return decode_image(data, full, max_image_pixels)
+        return read_image_file(value if os.path.isabs(value) else os.path.join(base, value), max_image_pixels)
+
     def load(i: int):
         what = "{}:{}".format(*rows.where(i))
         try:
@@ -213,18 +227,10 @@ def parquet(root: str, image_column: str = "image", path_column: str = "", text_
         if text_column:
             return check_text(value, what)
         if path_column:
-            if not isinstance(value, str) or not value:
-                raise InputError(f"{what}: empty path")
-            base = os.path.dirname(rows.path_of(i))
-            if is_url(base) or is_url(value):
-                full = value if is_url(value) else join(base, value)
-                try:
-                    data = opener.cat(full)
-                except OSError as exc:
-                    raise InputError(f"{full}: cannot read ({clean_reason(exc)})") from exc
-                return decode_image(data, full, max_image_pixels)
-            return read_image_file(value if os.path.isabs(value) else os.path.join(base, value), max_image_pixels)
+            return read_path(i, value, what)
         if isinstance(value, dict):  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
+            if value.get("bytes") is None and value.get("path"):
+                return read_path(i, value["path"], what)  # Image() cast from file paths, exported as they are
             value = value.get("bytes")
         if not isinstance(value, (bytes, bytearray)):
             raise InputError(f"{what}: no image bytes in column {column!r}")

@@ -76,3 +76,28 @@ def test_arrow_files_behind_a_url_are_a_source_error(tmp_path):
     msg = str(info.value)
     assert msg.startswith("memory:///hf-arrow/train/data-00000-of-00001.arrow: save_to_disk .arrow files are read "
                           "memory-mapped from a local disk") and "cannot read Parquet" not in msg, msg
+
+
+def test_image_cells_holding_only_a_path_read_that_path(tmp_path):
+    """Hugging Face ``datasets`` with an Image() column cast from file paths: ``to_parquet`` keeps
+    {"bytes": None, "path": <as given>}. The path is read: relative to the Parquet file, absolute,
+    or a URL; a cell with bytes still decodes its bytes, and a missing file is that row's problem."""
+    import fsspec
+    import json
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    Image.fromarray(np.full((6, 5, 3), 10, np.uint8)).save(tmp_path / "data" / "imgs" / "rel.png")
+    Image.fromarray(np.full((6, 5, 3), 20, np.uint8)).save(tmp_path / "abs.png")
+    fsspec.filesystem("memory").pipe("/hf-paths/url.png", _png(30))
+    cells = [{"bytes": None, "path": "imgs/rel.png"}, {"bytes": None, "path": str(tmp_path / "abs.png")},
+             {"bytes": None, "path": "memory://hf-paths/url.png"}, {"bytes": _png(40), "path": "ignored.png"},
+             {"bytes": None, "path": "imgs/gone.png"}]
+    features = {"image": {"_type": "Image"}, "label": {"dtype": "int64", "_type": "Value"}}
+    table = pa.table({"image": pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "label": list(range(5))})
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(table, tmp_path / "data" / "train.parquet")
+    src = parquet(str(tmp_path / "data" / "train.parquet"))
+    assert [src.load(i).getpixel((0, 0)) for i in range(4)] == [(10,) * 3, (20,) * 3, (30,) * 3, (40,) * 3]
+    from featcache.rawdata import InputError
+    with pytest.raises(InputError, match=r"data/imgs/gone.png: cannot read \(No such file or directory\)"):
+        src.load(4)
