@@ -11,7 +11,8 @@ from ._zarr import ZarrStore
 from .cache import FORMAT_VERSION, INDEX_PART, FeatureCache, require_complete
 from .convert import convert
 from .errors import (CacheError, CacheNotFoundError, CorruptCacheError, FingerprintMismatch,
-                     FormatVersionError, MissingNodeError, NotInStoreError, ReadOnlyError, ShapeMismatch)
+                     FormatVersionError, MissingNodeError, NotInStoreError, ReadOnlyError, ShapeMismatch,
+                     StoreInUseError)
 from .fingerprint import fingerprint
 from .store import ArrayMeta, Store
 from .verify import VerifyReport, verify
@@ -20,6 +21,6 @@ __all__ = [
     "ArrayMeta", "CacheError", "CacheNotFoundError", "CorruptCacheError", "FORMAT_VERSION", "FeatureCache",
     "FingerprintMismatch", "FormatVersionError", "HDF5Store", "INDEX_PART", "MemoryStore", "MissingNodeError",
     "NotInStoreError", "ReadOnlyError", "ShapeMismatch",
-    "Store", "VerifyReport", "ZarrStore", "convert", "dataset_fingerprint", "fingerprint", "require_complete",
+    "Store", "StoreInUseError", "VerifyReport", "ZarrStore", "convert", "dataset_fingerprint", "fingerprint", "require_complete",
     "verify",
 ]

@@ -7,6 +7,7 @@ must never be shared between DataLoader workers.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -14,7 +15,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import CacheNotFoundError, CorruptCacheError, CacheError, MissingNodeError
+try:
+    import fcntl
+except ImportError:  # not POSIX: HDF5 locks otherwise there, and the probe below is skipped
+    fcntl = None  # type: ignore[assignment]
+
+from .errors import CacheNotFoundError, CorruptCacheError, CacheError, MissingNodeError, StoreInUseError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_GROUP = "_partitions"
@@ -48,6 +54,39 @@ def _filter_kwargs(compressor: str) -> dict[str, Any]:
     return dict(hdf5plugin.LZ4())
 
 
+def _is_lock_error(exc: OSError) -> bool:
+    """HDF5 could not take the file's lock: another process has the file open (h5py raises
+    BlockingIOError, errno EAGAIN, 'unable to lock file')."""
+    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(exc)
+
+
+def _in_use(path: str, *, writing: bool) -> str:
+    if writing:  # a reader's shared lock keeps a writer out too
+        return (f"{path}: in use by another writer or reader (HDF5 allows one writer, and no reader while it "
+                "writes); nothing was changed: run this again once they have finished")
+    return (f"{path}: in use by another writer (HDF5 locks readers out while it writes); nothing was changed: "
+            "run this again once it has finished")
+
+
+def _refuse_if_locked(path: str) -> None:
+    """StoreInUseError when another process holds HDF5's lock on ``path`` (HDF5 takes flock locks:
+    shared for readers, exclusive for a writer), probed without changing a byte."""
+    if fcntl is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not a file we can open: the create that follows says why
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise StoreInUseError(_in_use(path, writing=True)) from exc
+    finally:
+        os.close(fd)
+
+
 class HDF5Store(Store):
     backend = "hdf5"
 
@@ -57,6 +96,8 @@ class HDF5Store(Store):
         if create:
             if os.path.exists(self.path) and not overwrite:
                 raise FileExistsError(f"{self.path}: a store already exists here (pass overwrite to replace it)")
+            if os.path.exists(self.path):
+                _refuse_if_locked(self.path)  # HDF5 truncates the file before it finds the lock taken
             self._mode = "w"
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         else:
@@ -74,6 +115,8 @@ class HDF5Store(Store):
             try:
                 self._file = h5py.File(self.path, self._mode)
             except OSError as exc:
+                if _is_lock_error(exc):
+                    raise StoreInUseError(_in_use(self.path, writing=self._mode != "r")) from exc
                 with open(self.path, "rb") as fh:
                     is_hdf5 = fh.read(8) == HDF5_SIGNATURE
                 what = "is truncated or corrupt" if is_hdf5 else "is not an HDF5 file"

@@ -27,6 +27,11 @@ class ReadOnlyError(CacheError, PermissionError):
     """A write was attempted on a store opened read-only."""
 
 
+class StoreInUseError(CacheError):
+    """Another process holds the store's lock (HDF5: one writer, and no reader while it writes).
+    The store is not damaged: nothing was changed, and the same command works once it is free."""
+
+
 class CorruptCacheError(CacheError):
     """Bytes on disk do not decode or do not match their recorded checksum."""
 

@@ -155,3 +155,28 @@ def test_error_paths_one_line_exit_code(zstore, tmp_path, case, code, message):
 def test_usage_error_exits_2():
     res = run("frobnicate")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_a_locked_hdf5_store_is_in_use_not_corrupt(tmp_path, ids, fill):
+    """While one process writes an HDF5 store, another is told it is in use (exit 1), never that the
+    healthy file is truncated or corrupt, and overwriting it changes no byte (HDF5 itself would
+    truncate the file to nothing before it finds the lock taken)."""
+    import hashlib
+    path = str(tmp_path / "s.h5")
+    writer = FeatureCache.create(path, sample_ids=ids, partition_rows=16)
+    fill(writer)
+    writer.store.file.flush()
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    try:
+        r = run("info", path)
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr.strip() == (f"featcache-cache: error: {path}: in use by another writer (HDF5 locks readers "
+                                    "out while it writes); nothing was changed: run this again once it has finished")
+        code = ("import sys; from featcache.cache_tools import FeatureCache\n"
+                "FeatureCache.create(sys.argv[1], sample_ids=['x'], overwrite=True)")
+        r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+        assert "StoreInUseError" in r.stderr and "in use by another writer or reader" in r.stderr
+        assert "corrupt" not in r.stderr and hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+    finally:
+        writer.close()
+    assert run("verify", path).returncode == 0

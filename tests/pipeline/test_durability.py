@@ -12,7 +12,7 @@ from featcache.plumbing.config import load_config
 from featcache.pipeline.config import ExtractConfig
 from featcache.pipeline.extract import run_extract
 
-from extract_helpers import extract, make_images, timm_teacher  # noqa: E402
+from extract_helpers import exe, extract, extract_index, make_images, timm_teacher, write_extract_config  # noqa: E402,E501
 
 
 def newest(store, part):
@@ -74,6 +74,29 @@ def test_hdf5_store_resumes_and_rechecks(tmp_path, timm_ckpt):
     assert any("re-checked the 4 partitions" in m and "all match" in m for m in logs), logs
     with FeatureCache.open(store) as cache:
         assert verify(cache).ok and cache.has_doc_checksums
+
+
+def test_a_second_writer_on_a_locked_hdf5_store_changes_nothing(tmp_path):
+    """HDF5 allows one writer: a second extraction into a store another process holds stops in one
+    line saying it is in use (exit 1), never that the healthy store is corrupt; with
+    output.overwrite = true too, where HDF5 itself would first truncate the file to nothing."""
+    import hashlib
+    import subprocess
+    root = make_images(tmp_path / "imgs", classes=2, per_class=4)
+    store = str(tmp_path / "s.h5")
+    source = {"kind": "image_folder", "root": root}
+    extract_index(store, source)
+    cfg = write_extract_config(tmp_path / "c.toml", store, source, [timm_teacher("unused.pt")])  # never built
+    with FeatureCache.open(store, mode="r+"):  # the first writer, still at work
+        digest = hashlib.sha256(open(store, "rb").read()).hexdigest()  # (opening for writing marks the file)
+        for more in ([], ["--set", "output.overwrite=true"]):
+            r = subprocess.run([exe("featcache-extract"), cfg, "--index-only", *more], capture_output=True,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            assert r.returncode == 1, r.stderr
+            assert f"featcache-extract: error: {store}: in use by another writer" in r.stderr
+            assert "corrupt" not in r.stderr and hashlib.sha256(open(store, "rb").read()).hexdigest() == digest
+    with FeatureCache.open(store) as cache:
+        assert cache.is_complete and verify(cache).ok
 
 
 def chunk_files(first: str) -> list[str]:
