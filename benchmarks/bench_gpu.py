@@ -87,7 +87,7 @@ def write_configs(work: str, root: str, teacher: dict, device: str) -> tuple[str
                "device": device, "output": {"store": store, "partition_rows": 1024}}
     train = {"out_dir": os.path.join(work, "run"), "data": {"store": store, "test_store": "", "label_budget": 0,
                                                             "val_fraction": 0.05, "test_fraction": 0.05},
-             "student": {"name": "efficientnet_lite0", "image_size": 64}, "method": {"name": "aft", "beta": 1.0},
+             "student": {"name": "timm:tf_efficientnet_lite0", "image_size": 64, "key_map": "efficientnet_pytorch"}, "method": {"name": "aft", "beta": 1.0},
              "optim": {"epochs": 2, "batch_size": 128}}
     paths = os.path.join(work, "extract.toml"), os.path.join(work, "train.toml")
     for path, doc in zip(paths, (extract, train)):

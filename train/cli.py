@@ -2,7 +2,7 @@
 
     featcache-train CONFIG.toml [--set key=value ...] [--resume]     one run (AFT or a baseline)
     featcache-train sweep CONFIG.toml --grid KEY=V1,V2 [--grid ...]  every combination, one run dir each
-    featcache-train compare RUNS_DIR [--csv F] [--plot F.png]        mean ± std per method, error vs STL
+    featcache-train compare RUNS_DIR [--choose] [--csv F] [--plot F.png]   mean ± std per method, error vs STL
     featcache-train probe CONFIG.toml                                linear probe of each teacher's features
     featcache-train tokt CONFIG.toml [--compare]                     task-oriented transfer (x methods x seeds)
 """
@@ -37,6 +37,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("runs_dir", help="a directory of finished runs (a sweep's, or any)")
         p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
         p.add_argument("--plot", metavar="PNG", help="bar chart with error bars (needs matplotlib)")
+        p.add_argument("--choose", action="store_true",
+                       help="per method, only the grid point ([method] and [optim] keys) with the best mean "
+                            "validation accuracy, with the grid it was chosen from")
     else:
         _config_args(p)
     if command is None:
@@ -71,9 +74,11 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
             print(f"table: {PROG} compare {res['root']}")
         return EXIT_DATA if res["failed"] else EXIT_OK
     if command == "compare":
-        from .compare import markdown, plot, summarize, write_csv
+        from .compare import choose_on_validation, markdown, markdown_chosen, plot, summarize, write_csv
         records = summarize(args.runs_dir)
-        print(markdown(records))
+        if args.choose:
+            records = choose_on_validation(records)
+        print(markdown_chosen(records) if args.choose else markdown(records))
         if args.csv:
             write_csv(records, args.csv)
         if args.plot:

@@ -177,12 +177,62 @@ def summarize_runs(runs: list[Run], root: str) -> list[dict[str, Any]]:
         base = stl_baseline(row, rows, shared)
         rel = (1 - row.mean) / (1 - base.mean) if base is not None and base.mean < 1 else None
         vals = [r.val_accuracy for r in row.runs if r.val_accuracy is not None]
-        out.append({"method": row.label, "test_accuracy_mean": row.mean, "test_accuracy_std": row.std,
+        out.append({"method": row.label, "base_method": row.method, "setting": row.setting,
+                    "test_accuracy_mean": row.mean, "test_accuracy_std": row.std,
                     "error_vs_stl": rel, "seeds": len(row.runs), "seed_list": row.seeds,
                     "val_accuracy_mean": sum(vals) / len(vals) if vals else None,
                     "wall_seconds_mean": sum(r.wall_seconds for r in row.runs) / len(row.runs),
                     "runs": [os.path.relpath(r.path, root) for r in row.runs]})
     return out
+
+
+def is_hyper(key: str) -> bool:
+    """A hyper-parameter a method is tuned over (its own [method] keys, the optimiser's), as opposed
+    to a setting of the experiment (label budget, student, teachers) that stays a row of its own."""
+    return key.startswith(("method.", "optim."))
+
+
+def choose_on_validation(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and experiment setting, the grid point with the best mean validation accuracy over
+    its seeds; test rows are never read to choose. Each record keeps the grid it was chosen from
+    (every value tried per key) and the choice; error vs STL is against the STL chosen alike."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        fixed = tuple(sorted((k, str(v)) for k, v in r["setting"].items() if not is_hyper(k)))
+        groups.setdefault((r["base_method"], fixed), []).append(r)
+    chosen = []
+    for (method, fixed), candidates in groups.items():
+        scored = [c for c in candidates if c["val_accuracy_mean"] is not None] or candidates
+        best = max(scored, key=lambda c: (c["val_accuracy_mean"] or 0.0, -len(c["method"])))
+        keys = sorted({k for c in candidates for k in c["setting"] if is_hyper(k)})
+        grid = {_short(k): sorted({_fmt(c["setting"].get(k)) for c in candidates}) for k in keys}
+        label = " ".join([method] + [f"{_short(k)}={_fmt(v)}" for k, v in fixed])
+        chosen.append({**best, "method": label, "grid": grid, "grid_points": len(candidates),
+                       "chosen": {_short(k): _fmt(best["setting"].get(k)) for k in keys}, "fixed": dict(fixed)})
+    for r in chosen:
+        base = next((o for o in chosen if o["base_method"] == "stl" and _fixed_without_features(o) ==
+                     _fixed_without_features(r)), None)
+        r["error_vs_stl"] = ((1 - r["test_accuracy_mean"]) / (1 - base["test_accuracy_mean"])
+                             if base is not None and base["test_accuracy_mean"] < 1 else None)
+    order = {m: i for i, m in enumerate(["stl", "kd_feat", "rkd", "kd_pred", "aft"])}
+    return sorted(chosen, key=lambda r: (order.get(r["base_method"], len(order)), r["method"]))
+
+
+def _fixed_without_features(record: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in record["fixed"].items() if k not in FEATURE_KEYS}
+
+
+def markdown_chosen(records: list[dict[str, Any]]) -> str:
+    lines = ["| method | chosen on validation | from | test accuracy (mean ± std) | error vs STL | seeds | "
+             "val accuracy |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        rel = "-" if r["error_vs_stl"] is None else f"{r['error_vs_stl']:.3f}"
+        val = "-" if r["val_accuracy_mean"] is None else f"{r['val_accuracy_mean']:.4f}"
+        choice = " ".join(f"{k}={v}" for k, v in r["chosen"].items()) or "-"
+        grid = "; ".join(f"{k} {', '.join(v)}" for k, v in r["grid"].items()) or "one point"
+        lines.append(f"| {r['method']} | {choice} | {grid} | {r['test_accuracy_mean']:.4f} ± "
+                     f"{r['test_accuracy_std']:.4f} | {rel} | {r['seeds']} | {val} |")
+    return "\n".join(lines)
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
@@ -231,4 +281,5 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["summarize", "summarize_runs", "markdown", "write_csv", "plot", "load_runs", "group"]
+__all__ = ["summarize", "summarize_runs", "markdown", "write_csv", "plot", "load_runs", "group",
+           "choose_on_validation", "markdown_chosen"]

@@ -69,14 +69,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    name: Literal["small_cnn", "resnet18", "mobilenet_v3_small", "vit_tiny", "text_transformer",
-                  "text_cnn", "efficientnet_lite0"] = "small_cnn"
+    # a small built-in (small_cnn, text_cnn, text_transformer, vit_tiny; resnet18 and mobilenet_v3_small
+    # are torchvision's) or a library's network: "timm:<architecture>", "torchvision:<architecture>",
+    # "hf:<local directory or pkg:package/dir>" (a Hugging Face encoder as a text student)
+    name: str = "small_cnn"
     image_size: int = 32
     resize_filter: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
     max_length: int = 128
     width: int = 128
     checkpoint: str = ""  # local state dict to start from (the head may differ); pkg:package/file works
+    key_map: str = ""  # rename the checkpoint's keys first ("efficientnet_pytorch": the Lite packages' names)
+    # BatchNorm statistics at evaluation: "library" keeps the running averages with the network's own
+    # momentum; "recompute" re-estimates them over the training rows (train mode, no update) before
+    # each evaluation, so a short run is not scored with statistics still partly from pre-training
+    bn_stats: Literal["library", "recompute"] = "library"
     embeddings: str = ""  # text students: start the token embeddings from a local HF checkpoint (dir or file)
+
+    def validate(self) -> list[str]:
+        from .students import name_error  # the known names live with the students
+
+        error = name_error(self.name)
+        return [f"name: {error}"] if error else []
 
 
 @dataclass(frozen=True)
@@ -85,15 +98,27 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd
-    epochs: int = 10
+    epochs: int = 10  # passes over the labeled rows (when steps = 0)
+    # a budget of optimiser steps instead of epochs, as the official AFT code counts (5,000 at batch
+    # 128): batches run through fresh shuffles of the labeled rows, so a set smaller than the budget
+    # (or than one batch) is drawn again and again; validation every eval_every steps
+    steps: int = 0
+    eval_every: int = 0  # steps between evaluations (and checkpoints); 0 = a tenth of the steps
     batch_size: int = 128
-    warmup_epochs: float = 0.5
+    warmup_epochs: float = 0.5  # epochs budget: linear warm-up, then cosine
+    warmup_steps: int = 0  # steps budget: linear warm-up steps, then cosine (the official code: none)
     grad_clip: float = 1.0  # 0 = off
 
     def validate(self) -> list[str]:
         errors = []
         if self.epochs < 1:
             errors.append("epochs: must be >= 1")
+        if self.steps < 0:
+            errors.append("steps: must be >= 0 (0 = count epochs)")
+        if self.eval_every < 0:
+            errors.append("eval_every: must be >= 0 (0 = a tenth of the steps)")
+        if self.warmup_steps < 0 or (self.steps and self.warmup_steps >= self.steps):
+            errors.append("warmup_steps: must be >= 0 and below steps")
         if self.batch_size < 2:
             errors.append("batch_size: must be >= 2 (batch statistics)")
         if self.lr <= 0:

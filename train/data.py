@@ -134,13 +134,21 @@ def _wanted(cache: FeatureCache, student: StudentConfig,
             cfg: DataConfig) -> tuple[dict[str, Any], str, Tokenizer | None]:
     """The spec of inputs this student reads, the command that caches them, and its tokenizer."""
     if cache.source.get("modality", "image") == "text":
-        if not cfg.tokenizer:
+        path = tokenizer_path(cfg, student)
+        if not path:
             raise ConfigError("data.tokenizer: text students need a local tokenizer directory")
-        tok = Tokenizer(cfg.tokenizer)
+        tok = Tokenizer(path)
         return (text_spec(tok, student.max_length), f"featcache-cache inputs {cache.path} --tokenizer "
-                f"{cfg.tokenizer} --max-length {student.max_length}", tok)
+                f"{path} --max-length {student.max_length}", tok)
     spec = image_spec(student.image_size, student.resize_filter)
     return spec, f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}", None
+
+
+def tokenizer_path(cfg: DataConfig, student: StudentConfig) -> str:
+    """data.tokenizer, or a Hugging Face student's own directory: its ids must be the encoder's."""
+    if cfg.tokenizer or not student.name.startswith("hf:"):
+        return cfg.tokenizer
+    return student.name.partition(":")[2]
 
 
 def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:

@@ -8,7 +8,8 @@ import os
 import sys
 import time
 from contextlib import closing
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -49,11 +50,12 @@ class Learner(nn.Module):
 
 
 def build_method(cfg: TrainConfig, d_h: int, bank: FeatureBank | None, split: Split, num_classes: int,
-                 out_dir: str, log: Log) -> MethodLoss:
+                 out_dir: str, log: Log, total_steps: int = 0) -> MethodLoss:
     """The loss of the configured method, given what it declares it needs."""
     method = methods.from_config(cfg.method)
     probe = teacher_probe(cfg.seed, bank, split, num_classes, out_dir, log) if method.needs_probe else None
-    return method.build(BuildContext(d_h, bank.dim if bank is not None else None, num_classes, probe))
+    return method.build(BuildContext(d_h, bank.dim if bank is not None else None, num_classes, probe,
+                                     total_steps))
 
 
 PROBE_HINT = "fitted for other teacher features or classes? delete it to fit it again, or use another out_dir"
@@ -106,6 +108,57 @@ def steps_per_epoch(rows: np.ndarray, dist_: Dist, batch_size: int, chunk_rows: 
     return min(len(shard_rows(rows, Dist(r, dist_.world), chunk_rows)) for r in range(dist_.world)) // batch_size
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains, cut into evaluation periods: an epoch each (``optim.epochs``), or
+    ``eval_every`` steps each out of a fixed ``optim.steps`` (the official AFT code's budget)."""
+
+    periods: int
+    period_steps: int  # steps of every period but a short last one
+    total: int  # optimiser steps in all
+    warmup: int
+    by_steps: bool
+
+    def steps_in(self, period: int) -> int:
+        return min(self.period_steps, self.total - period * self.period_steps)
+
+    def describe(self) -> str:
+        if self.by_steps:
+            return f"{self.total} steps, validation every {self.period_steps}"
+        return f"{self.periods} epochs of {self.period_steps} steps ({self.total} steps)"
+
+
+def make_budget(o: Any, epoch_steps: int) -> Budget:
+    if o.steps:
+        every = o.eval_every or max(1, o.steps // 10)
+        return Budget(math.ceil(o.steps / every), every, o.steps, o.warmup_steps, True)
+    return Budget(o.epochs, epoch_steps, epoch_steps * o.epochs, int(epoch_steps * o.warmup_epochs), False)
+
+
+def endless_pairs(bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
+                  rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(row ids, features or None) batches for a budget of steps: shuffle after shuffle of ``rows``,
+    batches running across the seams, so a set smaller than one batch still fills one (drawn again
+    within it). Features streamed chunk by chunk come a whole chunk-shuffled pass at a time."""
+    if bank is not None and not bank.in_memory:
+        while True:
+            empty = True
+            for pair in bank.epoch(rows, batch_size, rng):
+                empty = False
+                yield pair
+            if empty:
+                raise ConfigError(f"optim.batch_size: {batch_size} is more than the {len(rows)} training rows "
+                                  "per process, and streamed features cannot repeat rows within a batch")
+    if len(rows) == 0:
+        raise ConfigError("no training rows (data.label_budget, data.val_fraction?)")
+    buffer = np.empty(0, rows.dtype)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = np.concatenate([buffer, rng.permutation(rows)])
+        ids, buffer = buffer[:batch_size], buffer[batch_size:]
+        yield ids, None if bank is None else bank.take(ids)
+
+
 def to_device(x: Any, device: torch.device) -> Any:
     non_blocking = device.type == "cuda"  # from pinned memory: the copy overlaps the step
     if isinstance(x, tuple):
@@ -114,14 +167,17 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 
 def train_plans(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
-                rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None):
+                rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None, endless: bool = False):
     """What each batch holds: (row ids, view params or None, view ids or None, features or None, labels),
     each row's view drawn at random when the store has several. Everything random is drawn here.
 
     ``extra`` rows drawn from ``pool`` (rows outside the label budget) join every batch with
-    label -1: the feature terms see them, cross-entropy does not.
+    label -1: the feature terms see them, cross-entropy does not. ``endless``: shuffle after
+    shuffle for a budget of steps, else one pass.
     """
-    if bank is None:
+    if endless:
+        pairs = endless_pairs(bank, rows, batch_size, rng)
+    elif bank is None:
         perm = rng.permutation(rows)
         pairs = ((perm[i:i + batch_size], None) for i in range(0, len(perm) - batch_size + 1, batch_size))
     else:
@@ -157,7 +213,7 @@ def _pinned(batch: tuple, pin: bool) -> tuple:
 
 def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batch_size: int,
                   rng: np.random.Generator, extra: int = 0, pool: np.ndarray | None = None, *,
-                  workers: int = 0, depth: int = 2, device: torch.device | None = None):
+                  workers: int = 0, depth: int = 2, device: torch.device | None = None, endless: bool = False):
     """(inputs, features or None, labels) of each batch, assembled ahead by ``workers`` threads.
 
     On CUDA, images travel as pinned uint8 and are normalised on the device (``prepare_inputs``);
@@ -171,7 +227,7 @@ def train_batches(split: Split, bank: FeatureBank | None, rows: np.ndarray, batc
         phi = None if feats is None else torch.from_numpy(feats)
         return _pinned((x, phi, torch.from_numpy(labels)), cuda)
 
-    return prefetch(train_plans(split, bank, rows, batch_size, rng, extra, pool), build, workers, depth)
+    return prefetch(train_plans(split, bank, rows, batch_size, rng, extra, pool, endless), build, workers, depth)
 
 
 def prepare_inputs(x: Any, device: torch.device) -> Any:
@@ -279,24 +335,28 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     vocab = getattr(train.inputs.tokenizer, "vocab_size", 30522)
     spec = StudentSpec(cfg.student.name, num_classes, cfg.student.image_size, vocab, cfg.student.max_length,
                        cfg.student.width)
-    student = build_student(spec, resolve_path(cfg.student.checkpoint) or None)
+    student = build_student(spec, resolve_path(cfg.student.checkpoint) or None, cfg.student.key_map)
     if cfg.student.embeddings and not (state or cfg.student.checkpoint):
         init_embeddings(student, read_word_embeddings(resolve_path(cfg.student.embeddings)), cfg.student.embeddings)
-    method = build_method(cfg, feature_dim(student, spec), bank, train, num_classes, cfg.out_dir, log)
+    chunked = bank.chunk_rows if bank is not None and not bank.in_memory else None
+    rank_rows = shard_rows(train.rows, dist_, chunked)
+    rank_unlabeled = shard_rows(train.unlabeled, dist_)
+    epoch_steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
+    if epoch_steps == 0 and not cfg.optim.steps:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
+                         f"{len(train.rows) // dist_.world} training rows per process "
+                         "(or set optim.steps: a budget of steps draws the rows again)")
+    budget = make_budget(cfg.optim, epoch_steps)
+    method = build_method(cfg, feature_dim(student, spec), bank, train, num_classes, cfg.out_dir, log,
+                          budget.total)
     learner = Learner(student, method).to(device)
     model: nn.Module = learner
     if dist_.world > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg, learner)
-    chunked = bank.chunk_rows if bank is not None and not bank.in_memory else None
-    rank_rows = shard_rows(train.rows, dist_, chunked)
-    rank_unlabeled = shard_rows(train.unlabeled, dist_)
-    steps = steps_per_epoch(train.rows, dist_, cfg.optim.batch_size, chunked)
-    if steps == 0:
-        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the "
-                         f"{len(train.rows) // dist_.world} training rows per process")
-    total, warmup = steps * cfg.optim.epochs, int(steps * cfg.optim.warmup_epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    for group in optimizer.param_groups[1:]:
+        log(f"{group['name']}: lr {group['lr']:g}, weight decay {group['weight_decay']:g}, the same schedule")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, budget.warmup, budget.total))
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state is not None:
@@ -307,18 +367,19 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     log(f"inputs: {describe_inputs(splits)}")
     log(f"{cfg.method.name} | student {cfg.student.name} ({count_parameters(student):,} params) | "
         f"{len(train.rows)} train / {len(splits['val'].rows)} val / {len(splits['test'].rows)} test rows | "
-        f"{device} x{dist_.world}")
+        f"{device} x{dist_.world} | {budget.describe()}")
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     loader = {"workers": cfg.data.loader_workers, "depth": cfg.data.prefetch}
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(start_epoch, budget.periods):  # an epoch, or a period of eval_every steps
         rng = np.random.default_rng([cfg.seed, epoch, dist_.rank])
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + dist_.rank)
         sums: dict[str, torch.Tensor] = {}  # on the device: read every LOSS_READ_EVERY steps, not every step
-        t0, rows_done = time.time(), 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if dist_.is_main else True,
-                   file=sys.stderr, leave=False)
+        t0, rows_done, steps = time.time(), 0, budget.steps_in(epoch)
+        done_steps = epoch * budget.period_steps + steps
+        desc = f"steps {done_steps}/{budget.total}" if budget.by_steps else f"epoch {epoch + 1}/{budget.periods}"
+        bar = tqdm(total=steps, desc=desc, disable=None if dist_.is_main else True, file=sys.stderr, leave=False)
         batches = train_batches(train, bank, rank_rows, cfg.optim.batch_size, rng, extra, rank_unlabeled,
-                                device=device, **loader)
+                                device=device, endless=budget.by_steps, **loader)
         with closing(batches):
             for step, (x, phi, y) in zip(range(steps), batches):
                 x, y = prepare_inputs(x, device), y.to(device, non_blocking=True)
@@ -342,14 +403,18 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
         bar.close()
         losses = _read_losses(sums, steps)
         secs = time.time() - t0
+        if cfg.student.bn_stats == "recompute":
+            recompute_bn(learner.student, train, rank_rows, cfg.optim.batch_size, device, loader)
         val = evaluate(learner, splits["val"], num_classes, device, dist_, **loader)
-        record = {"epoch": epoch + 1, "losses": losses, "loss": sum(losses.values()), "val_accuracy": val["accuracy"],
-                  "val_loss": val["loss"], "lr": scheduler.get_last_lr()[0], "epoch_seconds": secs,
-                  "rows_per_second": rows_done * dist_.world / secs}
+        record = {"epoch": epoch + 1, "step": done_steps, "losses": losses, "loss": sum(losses.values()),
+                  "val_accuracy": val["accuracy"], "val_loss": val["loss"], "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": secs, "rows_per_second": rows_done * dist_.world / secs,
+                  **learner.method.diagnostics()}
         history.append(record)
         val_text = "-" if val["accuracy"] is None else f"{val['accuracy']:.4f}"
-        log(f"epoch {epoch + 1}/{cfg.optim.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
-            + f"  val_acc {val_text}  {record['rows_per_second']:.0f} rows/s")
+        where = f"step {done_steps}/{budget.total}" if budget.by_steps else f"epoch {epoch + 1}/{budget.periods}"
+        log(f"{where}  " + "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            + f"  val_acc {val_text}{describe_diagnostics(record)}  {record['rows_per_second']:.0f} rows/s")
         if dist_.is_main:
             ckpt_io.save(ckpt_path, learner=learner.state_dict(), optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history, config=to_dict(cfg))
@@ -368,6 +433,60 @@ def _run(cfg: TrainConfig, resume: bool, dist_: Dist, log: Log) -> dict[str, Any
     return results
 
 
+DIAGNOSTIC_KEYS = ("rho_below_0.1", "rho_above_0.9", "rho_mean", "max_abs_s")
+
+
+def describe_diagnostics(record: dict[str, Any]) -> str:
+    """AFT's learned feature weights at a glance: how many have left 1/2 for either end."""
+    if "max_abs_s" not in record:
+        return ""
+    return (f"  rho<0.1 {record['rho_below_0.1']:.1%} rho>0.9 {record['rho_above_0.9']:.1%} "
+            f"max|s| {record['max_abs_s']:.2f}")
+
+
+def val_trend(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Was validation accuracy still rising over the last fifth of training? The least-squares slope
+    of accuracy against step over the evaluations of the last fifth (at least the last two): a
+    positive slope says the run was scored before it converged."""
+    points = [(r.get("step", r["epoch"]), r["val_accuracy"]) for r in history if r.get("val_accuracy") is not None]
+    if len(points) < 2:
+        return {"rising": None, "slope_per_1k_steps": None, "evaluations": len(points)}
+    last = points[-1][0]
+    tail = [p for p in points if p[0] >= 0.8 * last] or points[-2:]
+    tail = tail if len(tail) >= 2 else points[-2:]
+    x = np.array([p[0] for p in tail], float)
+    y = np.array([p[1] for p in tail], float)
+    slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
+    return {"rising": slope > 0, "slope_per_1k_steps": slope * 1000, "evaluations": len(tail),
+            "gain": float(y[-1] - y[0])}
+
+
+@torch.no_grad()
+def recompute_bn(student: nn.Module, split: Split, rows: np.ndarray, batch_size: int, device: torch.device,
+                 loader: dict[str, int], max_rows: int = 2048) -> None:
+    """BatchNorm running statistics re-estimated over (up to ``max_rows``) training rows with the
+    current weights: a cumulative average (momentum None), nothing else trained."""
+    norms = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was = student.training
+    student.train()
+    ordered = np.sort(rows)[:max_rows]
+    try:
+        with closing(eval_batches(split, ordered, batch_size, loader["workers"], loader["depth"], device)) as batches:
+            for x, _ in batches:
+                if len(_) > 1:  # one row has no batch statistics
+                    student(prepare_inputs(x, device))
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        student.train(was)
+
+
 def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True) + "\n"
 
@@ -382,7 +501,10 @@ def _results(cfg: TrainConfig, splits: dict[str, Split], bank: FeatureBank | Non
         "test_per_class_accuracy": test["per_class_accuracy"], "test_rows": test["rows"],
         "val_accuracy": history[-1]["val_accuracy"] if history else None,
         "final_losses": history[-1]["losses"] if history else {},
-        "epochs": len(history), "train_rows": int(len(splits["train"].rows)),
+        "epochs": len(history), "steps": history[-1].get("step") if history else 0,
+        "diagnostics": {k: history[-1][k] for k in DIAGNOSTIC_KEYS if history and k in history[-1]},
+        "val_trend": val_trend(history), "bn_stats": cfg.student.bn_stats,
+        "train_rows": int(len(splits["train"].rows)),
         "store": {"path": train.path, "dataset_fingerprint": train.dataset_fingerprint,
                   "teachers": {t: train.teacher_info(t)["fingerprint"] for t in teachers}},
         "test_store": splits["test"].cache.path, "config": to_dict(cfg), "wall_seconds": wall,

@@ -77,6 +77,10 @@ class MethodLoss(nn.Module):
         """Extra parameters with their own optimiser settings (none for STL)."""
         return []
 
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers about the method's own parameters, logged at each evaluation (none for STL)."""
+        return {}
+
 
 class AFT(MethodLoss):
     """Cross-entropy plus beta * R, R the kernel distance to the learned-weight teacher features."""
@@ -91,6 +95,14 @@ class AFT(MethodLoss):
 
     def param_groups(self, lr, weight_decay):
         return [{"params": [self.s], "lr": self.prior_lr, "weight_decay": 0.0, "name": "aft_s"}]
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Whether the weights adapted: at rho = 1/2 everywhere AFT matches the whole unweighted kernel."""
+        s = self.s.detach().float().cpu()
+        rho = torch.sigmoid(s)
+        return {"rho_below_0.1": float((rho < 0.1).float().mean()), "rho_above_0.9": float((rho > 0.9).float().mean()),
+                "rho_mean": float(rho.mean()), "max_abs_s": float(s.abs().max())}
 
 
 class FeatureKD(MethodLoss):

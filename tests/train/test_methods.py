@@ -50,13 +50,13 @@ def toy():
 
 def test_builtin_methods_declare_params_and_needs():
     assert {n: get(n).params() for n in names()} == {
-        "stl": (), "aft": ("beta", "prior_lr"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
+        "stl": (), "aft": ("beta", "prior_lr", "prior_travel"), "kd_feat": ("kd_beta",), "rkd": ("rkd_distance", "rkd_angle"),
         "kd_pred": ("temperature", "alpha"), "distill_logits": ("temperature",), "distill_features": ("kd_beta",)}
     assert {n for n in names() if not get(n).needs_features} == {"stl"}
     assert {n for n in names() if get(n).needs_probe} == {"kd_pred"}
     assert {n for n in names() if get(n).unlabeled} == {"distill_logits", "distill_features"}
     defaults = to_dict(TrainConfig())["method"]
-    assert defaults == {"name": "aft", "beta": 10.0, "prior_lr": 1e-2, "kd_beta": 1.0, "rkd_distance": 25.0,
+    assert defaults == {"name": "aft", "beta": 10.0, "prior_lr": 1e-2, "prior_travel": 10.0, "kd_beta": 1.0, "rkd_distance": 25.0,
                         "rkd_angle": 50.0, "temperature": 4.0, "alpha": 0.5}
 
 

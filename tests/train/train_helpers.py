@@ -37,8 +37,13 @@ def synthetic_task(n: int, seed: int, classes: int = 4, noise: float = 90.0):
 
 
 def build_store(path: str, root: str, split: str, n: int, seed: int, views: int = 1, partition_rows: int = 64,
-                backend: str | None = None) -> str:
+                backend: str | None = None, noise_dims: int = 0) -> str:
+    """A store of the synthetic task; ``noise_dims`` more teacher dimensions of pure noise (as
+    spread as the label-carrying ones, unrelated to the input) follow the informative ones."""
     images, labels, feats = synthetic_task(n, seed)
+    if noise_dims:
+        noise = np.random.default_rng(seed + 500).standard_normal((n, noise_dims)) * feats.std()
+        feats = np.concatenate([feats, noise], 1)
     write_idx(root, "train" if split == "train" else "t10k", images, labels)
     src = fashion_mnist(root, split)
     names = VIEW_PARAMS if views > 1 else ()

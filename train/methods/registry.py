@@ -37,6 +37,7 @@ class BuildContext:
     d_phi: int | None  # width of the cached teacher features (the bank's dim); None without needs_features
     num_classes: int
     probe: nn.Linear | None = None  # the teacher's task head on the cached features; only with needs_probe
+    total_steps: int = 0  # optimiser steps of the whole run (0 = unknown)
 
 
 @dataclass(frozen=True)
