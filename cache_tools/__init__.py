@@ -21,6 +21,6 @@ __all__ = [
     "ArrayMeta", "CacheError", "CacheNotFoundError", "CorruptCacheError", "FORMAT_VERSION", "FeatureCache",
     "FingerprintMismatch", "FormatVersionError", "HDF5Store", "INDEX_PART", "MemoryStore", "MissingNodeError",
     "NotInStoreError", "ReadOnlyError", "ShapeMismatch",
-    "Store", "StoreInUseError", "VerifyReport", "ZarrStore", "convert", "dataset_fingerprint", "fingerprint", "require_complete",
-    "verify",
+    "Store", "StoreInUseError", "VerifyReport", "ZarrStore", "convert", "dataset_fingerprint", "fingerprint",
+    "require_complete", "verify",
 ]

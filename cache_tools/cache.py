@@ -55,6 +55,7 @@ DOC_CHECKSUMS = 1  # root meta "doc_checksums": every document of this store car
 ROOT_KEY = "featcache"
 TEACHER_KEY = "featcache_teacher"
 INPUTS_KEY = "featcache_inputs"
+INDEX_KEY = "featcache_index"  # attrs of /index: the invalid-row budget the extraction runs under
 SOURCE_INDEX_KEY = "featcache_source_index"
 SOURCE_GROUP = "source"
 INDEX_PART = "_index"
@@ -447,16 +448,20 @@ class FeatureCache:
                     "not what its name says")
         return None
 
-    def trusted_done(self, parts: Sequence[str]) -> dict[str, set[int]]:
-        """For each part (the index, a teacher, ``inputs/<name>``), the partitions of this store
-        whose done marker exists and passes ``marker_problem``: the one rule every kind of part
-        is judged by, so a marker that fails its checksum or does not parse is never done."""
-        done: dict[str, set[int]] = {part: set() for part in parts}
+    def trusted_markers(self, parts: Sequence[str]) -> dict[str, dict[int, dict[str, Any]]]:
+        """For each part (the index, a teacher, ``inputs/<name>``), the done markers of this store's
+        partitions that pass ``marker_problem``, by partition: the one rule every kind of part is
+        judged by, so a marker that fails its checksum or does not parse never counts."""
+        found: dict[str, dict[int, dict[str, Any]]] = {part: {} for part in parts}
         for key, doc in self.store.markers().items():
             part, _, num = key.rpartition("/")
-            if part in done and self.marker_problem(key, doc) is None and int(num) < self.num_partitions:
-                done[part].add(int(num))
-        return done
+            if part in found and self.marker_problem(key, doc) is None and int(num) < self.num_partitions:
+                found[part][int(num)] = doc
+        return found
+
+    def trusted_done(self, parts: Sequence[str]) -> dict[str, set[int]]:
+        """For each part, the partitions whose done marker exists and can be trusted."""
+        return {part: set(docs) for part, docs in self.trusted_markers(parts).items()}
 
     def done_partitions(self) -> dict[str, set[int]]:
         """For the index and each teacher, the partitions whose done marker exists and can be trusted."""
@@ -466,9 +471,44 @@ class FeatureCache:
         every = set(range(self.num_partitions))
         return {part: sorted(every - got) for part, got in self.done_partitions().items() if every - got}
 
+    # -- the invalid-row budget: a store over it is not complete ------------------------
+    @property
+    def max_invalid_fraction(self) -> float | None:
+        """The share of rows allowed to be invalid, as the extraction that wrote the index last
+        recorded it (``set_max_invalid_fraction``); None when none was recorded (no limit)."""
+        try:
+            doc = self.store.get_attrs("index").get(INDEX_KEY)
+        except KeyError:
+            return None
+        value = doc.get("max_invalid_fraction") if isinstance(doc, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def set_max_invalid_fraction(self, fraction: float) -> None:
+        """Record the budget (only when it changes: the index group's document is shared)."""
+        if self.max_invalid_fraction != float(fraction):
+            self.store.set_attrs("index", {INDEX_KEY: {"max_invalid_fraction": float(fraction)}})
+
+    def invalid_rows(self) -> int:
+        """Rows the trusted index markers count as invalid."""
+        docs = self.trusted_markers([INDEX_PART])[INDEX_PART].values()
+        return sum(int(doc.get("invalid") or 0) for doc in docs)
+
+    def budget_problem(self, fraction: float | None = None) -> str | None:
+        """Why the store holds more invalid rows than ``fraction`` (default: the recorded budget)
+        allows, as one line; None when within it or when there is no budget."""
+        fraction = self.max_invalid_fraction if fraction is None else fraction
+        if fraction is None:
+            return None
+        invalid = self.invalid_rows()
+        if invalid <= fraction * self.rows:
+            return None
+        return (f"{invalid} of {self.rows} inputs failed to decode, more than max_invalid_fraction={fraction:g} "
+                f"allows ({int(fraction * self.rows)})")
+
     @property
     def is_complete(self) -> bool:
-        return not self.missing_partitions()
+        """Every partition of the index and of every teacher marked done, within the invalid-row budget."""
+        return not self.missing_partitions() and self.budget_problem() is None
 
     # -- reading --------------------------------------------------------------------
     def _index(self, node: str) -> np.ndarray:
@@ -536,6 +576,7 @@ class FeatureCache:
     def info(self) -> dict[str, Any]:
         """Everything `featcache-cache info` prints, as plain values."""
         done = self.done_partitions()
+        over_budget = self.budget_problem()
         teachers = {}
         for name in self.teachers:
             t = self.teacher_info(name)
@@ -544,8 +585,9 @@ class FeatureCache:
             "path": self.path, "backend": self.backend, "format_version": self.meta["format_version"],
             "rows": self.rows, "views": self.views, "view_params": self.view_param_names,
             "partition_rows": self.partition_rows, "partitions": self.num_partitions,
-            "index_partitions_done": len(done[INDEX_PART]), "complete": all(
+            "index_partitions_done": len(done[INDEX_PART]), "complete": over_budget is None and all(
                 len(d) == self.num_partitions for d in done.values()),
+            "max_invalid_fraction": self.max_invalid_fraction, "over_budget": over_budget,
             "split": self.split, "source": self.source, "dataset_fingerprint": self.dataset_fingerprint,
             "created_by": self.meta.get("created_by"), "created_at": self.meta.get("created_at"),
             "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
@@ -606,4 +648,11 @@ def require_complete(cache: FeatureCache, teachers: Sequence[str] | None = None)
         hint = "" if teachers is not None else " (or name the complete teachers you need)"
         raise CacheError(f"{cache.path}: store is incomplete (partitions missing for {what}); "
                          f"finish the extraction first{hint}")
+    over = cache.budget_problem()
+    if over:
+        raise CacheError(f"{cache.path}: store is not complete: {over}; {BUDGET_HINT}")
+
+
+BUDGET_HINT = ("the extraction stopped there: fix the inputs, or rerun it with a higher max_invalid_fraction "
+               "to accept these rows")
 

@@ -40,7 +40,7 @@ def _print_info(info: dict[str, Any]) -> None:
         ("rows", f"{info['rows']}  views {info['views']}{params}"),
         ("partitions", f"{info['partitions']} x {info['partition_rows']} rows; "
                        f"index {info['index_partitions_done']}/{info['partitions']} done"),
-        ("complete", "yes" if info["complete"] else "NO"),
+        ("complete", "yes" if info["complete"] else f"NO ({info['over_budget']})" if info["over_budget"] else "NO"),
         ("size", human_bytes(info["size_on_disk"])),
         ("split", info["split"] or "-"),
         ("dataset", info["dataset_fingerprint"]),
@@ -112,7 +112,7 @@ def _ls_line(path: str) -> tuple[str, bool]:
     try:
         with FeatureCache.open(path) as cache:
             done = cache.done_partitions()
-            complete = all(len(d) == cache.num_partitions for d in done.values())
+            complete = all(len(d) == cache.num_partitions for d in done.values()) and not cache.budget_problem()
             teachers = ",".join(cache.teachers) or "-"
             return (f"{path}\t{cache.backend}\t{cache.rows} rows\t{teachers}\t"
                     f"{human_bytes(cache.store.size_on_disk())}\t{'complete' if complete else 'INCOMPLETE'}"), True

@@ -59,7 +59,7 @@ def _copy_inputs(src: FeatureCache, dst: FeatureCache, name: str) -> None:
 
 
 def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
-    if src.meta != dst.meta:
+    if src.meta != dst.meta or src.max_invalid_fraction != dst.max_invalid_fraction:
         raise CacheError(f"{dst.path}: root metadata differs from {src.path} after copy")
     for node in ("index/sample_id", "index/label", "index/valid"):
         if not _same(src.store.read(node, 0, src.rows), dst.store.read(node, 0, dst.rows)):
@@ -104,6 +104,7 @@ def _write_copy(src_path: str, path: str, backend: str, compressor: str | None, 
                                   source_index=src.source_index())
         try:
             dst.store.set_attrs("", {ROOT_KEY: src.meta})
+            dst.store.set_attrs("index", src.store.get_attrs("index"))  # the invalid-row budget
             for name in src.teachers:
                 info = src.teacher_info(name)
                 dst.add_teacher(name, info["dim"], info["spec"], dtype=info["dtype"],

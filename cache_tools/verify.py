@@ -11,8 +11,8 @@ from typing import Any
 from featcache.rawdata.identity import dataset_fingerprint
 from featcache.rawdata.tar_shards import members_fingerprint
 
-from .cache import (INDEX_PART, INPUTS_KEY, SOURCE_GROUP, TEACHER_KEY, FeatureCache, _index_checksum, _nonfinite,
-                    inputs_checksum, read_source_index)
+from .cache import (BUDGET_HINT, INDEX_PART, INPUTS_KEY, SOURCE_GROUP, TEACHER_KEY, FeatureCache, _index_checksum,
+                    _nonfinite, inputs_checksum, read_source_index)
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import array_checksum, fingerprint, short_pair
 from .locate import open_backend
@@ -270,6 +270,13 @@ def verify(cache: FeatureCache) -> VerifyReport:
         report.problems.append(f"markers: unreadable ({_why(exc, cache.path)})")
         return report
     _check_partitions(cache, teachers, markers, damaged, report)
+    if not {"index", *_part_nodes(INDEX_PART)} & damaged:
+        try:
+            over = cache.budget_problem()
+        except Exception as exc:  # noqa: BLE001
+            over = f"invalid-row budget unreadable ({_why(exc, cache.path)})"
+        if over:
+            report.problems.append(f"index: {over}; {BUDGET_HINT}")
     inputs = _input_parts(cache, damaged, report)
     trusted = cache.trusted_done(inputs)
     for part in inputs:

@@ -154,6 +154,15 @@ def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
     return path
 
 
+def _stop_over_budget(cfg: ExtractConfig, cache: FeatureCache, invalid: int, rows: int) -> None:
+    """ExtractError when more inputs failed than ``max_invalid_fraction`` allows. The store records
+    that budget (prepare.py), so until a run within it, it is not complete and says why."""
+    if invalid > cfg.max_invalid_fraction * rows:
+        logged = _write_invalid_log(cache, invalid_log_path(cfg.output.store))
+        raise ExtractError(f"{invalid} inputs failed to decode, more than max_invalid_fraction="
+                           f"{cfg.max_invalid_fraction} of {rows}; see {logged}")
+
+
 def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary | None:
     """The run's summary; None on the other ranks under torchrun (rank 0 reports for all)."""
     storage.set_options(cfg.output.storage)
@@ -185,19 +194,17 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     if skipped:
         log(f"resuming: {skipped} of {cache.num_partitions} partitions already done")
     rows_mine = sum(cache.partition_range(p)[1] - cache.partition_range(p)[0] for p in mine)
-    limit = cfg.max_invalid_fraction * len(source)
-    invalid_so_far = sum(int(doc.get("invalid", 0)) for key, doc in cache.store.markers().items()
-                         if key.startswith(f"{INDEX_PART}/"))
+    # a rerun of a run that stopped over budget stops the same way: the rows it found are marked done
+    invalid_so_far = cache.invalid_rows()
+    _stop_over_budget(cfg, cache, invalid_so_far, len(source))
     t0 = time.time()
     bar = tqdm(total=rows_mine, unit="rows", desc="extract", disable=None if dist_.is_main else True)
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads)) as pool:
         for p in mine:
             invalid_so_far += extract_partition(cfg, cache, source, teachers, p, done, pool, bar)
-            if invalid_so_far > limit:
+            if invalid_so_far > cfg.max_invalid_fraction * len(source):
                 bar.close()
-                logged = _write_invalid_log(cache, invalid_log_path(cfg.output.store))
-                raise ExtractError(f"{invalid_so_far} inputs failed to decode, more than max_invalid_fraction="
-                                   f"{cfg.max_invalid_fraction} of {len(source)}; see {logged}")
+                _stop_over_budget(cfg, cache, invalid_so_far, len(source))
     bar.close()
     seconds = time.time() - t0
     barrier()

@@ -137,6 +137,8 @@ def open_on_main(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> tup
     try:
         _check_or_add_teachers(cache, cfg, teachers, add_teacher)
         _recheck_last_written(cache, log)
+        if cache.budget_problem(cfg.max_invalid_fraction) is None:  # else the run stops, changing nothing
+            cache.set_max_invalid_fraction(cfg.max_invalid_fraction)
     finally:
         cache.close()
     return source, teachers

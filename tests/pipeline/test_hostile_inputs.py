@@ -1,6 +1,7 @@
 """Hostile inputs made here: each run completes, those rows invalid with reasons naming the file."""
 
 import os
+import re
 import struct
 import zlib
 
@@ -11,7 +12,7 @@ from PIL import BmpImagePlugin, Image
 from featcache.cache_tools import FeatureCache, verify
 from featcache.rawdata import InputError, manifest
 
-from extract_helpers import extract, extract_index, make_images, timm_teacher  # noqa: E402
+from extract_helpers import extract, extract_index, make_images, timm_teacher, write_extract_config  # noqa: E402
 
 
 def bomb_png(width=20000, height=20000) -> bytes:
@@ -126,3 +127,38 @@ def test_the_invalid_log_is_in_row_order(tmp_path):
     assert s.complete and (s.rows, s.valid_rows) == (13, 1)
     logged = [line.split("\t")[0] for line in open(s.invalid_log)]
     assert logged == [f"m.jsonl:{n}" for n in range(1, 13)]
+
+
+def test_the_invalid_row_budget_holds_across_reruns(tmp_path, capsys):
+    """40 of 40 inputs undecodable: the run stops (exit 1), and so does every rerun with the same
+    budget, instead of 'resuming' to a store of 0 valid rows that info calls complete and verify
+    OK; info, verify, ls and training say why. A rerun with a budget that allows the rows accepts them."""
+    from featcache.cache_tools.cli import main as cache_main
+    from featcache.pipeline.cli import main as extract_main
+    from featcache.cache_tools import CacheError, convert, require_complete
+    (tmp_path / "imgs" / "c0").mkdir(parents=True)
+    for i in range(40):
+        (tmp_path / "imgs" / "c0" / f"{i:02d}.png").write_bytes(b"not an image")
+    store = str(tmp_path / "s.zarr")
+    cfg = write_extract_config(tmp_path / "c.toml", store, {"kind": "image_folder", "root": str(tmp_path / "imgs")},
+                               [timm_teacher("unused.pt")], output={"partition_rows": 64})  # never built
+    stop = ("featcache-extract: error: 40 inputs failed to decode, more than max_invalid_fraction=0.05 of 40; "
+            f"see {store}.invalid.log")
+    for _ in range(2):
+        assert extract_main([cfg, "--index-only"]) == 1
+        assert capsys.readouterr().err.strip() == stop
+    why = "40 of 40 inputs failed to decode, more than max_invalid_fraction=0.05 allows (2)"
+    assert cache_main(["info", store]) == 0
+    assert f"complete    NO ({why})" in capsys.readouterr().out
+    assert cache_main(["verify", store]) == 1
+    assert f"BAD index: {why}; the extraction stopped there" in capsys.readouterr().out
+    assert cache_main(["ls", str(tmp_path)]) == 0 and "INCOMPLETE" in capsys.readouterr().out
+    with FeatureCache.open(store) as cache:
+        assert not cache.is_complete and cache.missing_partitions() == {}
+        with pytest.raises(CacheError, match=re.escape(f"store is not complete: {why}")):
+            require_complete(cache)
+    with convert(store, str(tmp_path / "copy.h5")) as copy:  # the budget travels with the rows
+        assert copy.budget_problem() == why and not copy.info()["complete"]
+    assert extract_main([cfg, "--index-only", "--set", "max_invalid_fraction=1.0"]) == 0
+    with FeatureCache.open(store) as cache:
+        assert cache.is_complete and verify(cache).ok and cache.max_invalid_fraction == 1.0
