@@ -1,8 +1,12 @@
 """Zarr v3 backend: a local directory or any fsspec URL (s3://, gs://, memory://...).
 
-Done markers are plain JSON files under ``_partitions/`` next to the arrays
-(outside the Zarr hierarchy), so concurrent writers that own disjoint
-partitions never rewrite a shared metadata document.
+Done markers are Zarr groups of their own, ``_partitions/<part>/<partition>/zarr.json``, the
+marker document as the group's attributes: one file each, so concurrent writers that own
+disjoint partitions never rewrite a shared metadata document, and inside the Zarr hierarchy
+(``_partitions`` and each part's folder are empty groups), so zarr-python lists a store without
+warning about objects it does not recognise. Stores written before keep their markers as
+``_partitions/<part>/<partition>.json`` files: they are read as before, and a marker rewritten
+is written the new way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .errors import CacheNotFoundError, CorruptCacheError, MissingNodeError
 from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
 
 MARKER_DIR = "_partitions"
+# the document of the groups that hold markers; written only where missing, with these same bytes by whoever does
+GROUP_DOC = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
 def _fsync(path: str) -> None:
@@ -58,6 +64,7 @@ class ZarrStore(Store):
                  overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> None:
         super().__init__(str(path), read_only=read_only)
         self._arrays: dict[str, Any] = {}
+        self._marker_groups: set[str] = set()  # marker folders known to have their group document
         self._fs, self._root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
         exists = self._fs.exists(f"{self._root}/zarr.json")
         if create:
@@ -188,21 +195,50 @@ class ZarrStore(Store):
         return sorted(n for n in names if self._fs.exists(f"{base}/{n}/zarr.json"))
 
     def _marker_path(self, key: str) -> str:
+        return f"{self._root}/{MARKER_DIR}/{key}/zarr.json"
+
+    def _legacy_marker_path(self, key: str) -> str:
+        """Where stores written before markers were Zarr groups keep them."""
         return f"{self._root}/{MARKER_DIR}/{key}.json"
 
-    def _put_marker(self, key: str, doc: dict[str, Any]) -> None:
-        path, data = self._marker_path(key), json.dumps(doc, sort_keys=True).encode()
+    def _put_file(self, path: str, data: bytes) -> None:
         if isinstance(self._fs, LocalFileSystem):
-            # Write then rename: a reader never sees half a marker.
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Write then rename: a reader never sees half a document. A new folder's entry is
+            # synced too, or a power cut could lose the marker with the folder holding it.
+            folder = os.path.dirname(path)
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                atomic.fsync_dir(os.path.dirname(folder))
             atomic.write_bytes(path, data)  # fsync'd, renamed, and the rename fsync'd
         else:
             self._fs.pipe_file(path, data)  # object stores publish a PUT atomically
 
+    def _marker_groups_for(self, key: str) -> None:
+        """The group documents of ``_partitions`` and of the folders above the marker ``key``."""
+        names = key.split("/")[:-1]
+        for depth in range(len(names) + 1):
+            folder = "/".join([MARKER_DIR, *names[:depth]])
+            if folder in self._marker_groups:
+                continue
+            path = f"{self._root}/{folder}/zarr.json"
+            if not self._fs.exists(path):
+                self._put_file(path, json.dumps(GROUP_DOC, sort_keys=True).encode())
+            self._marker_groups.add(folder)
+
+    def _put_marker(self, key: str, doc: dict[str, Any]) -> None:
+        self._marker_groups_for(key)
+        self._put_file(self._marker_path(key), json.dumps({**GROUP_DOC, "attributes": doc}, sort_keys=True).encode())
+
     def _delete_marker(self, key: str) -> None:
-        path = self._marker_path(key)
-        if self._fs.exists(path):
-            self._fs.rm(path)
+        for path in (self._marker_path(key), self._legacy_marker_path(key)):
+            if self._fs.exists(path):
+                self._fs.rm(path)
+        folder = os.path.dirname(self._marker_path(key))
+        if isinstance(self._fs, LocalFileSystem) and os.path.isdir(folder):
+            try:
+                os.rmdir(folder)  # an empty folder would be listed as an object zarr does not recognise
+            except OSError:
+                pass  # not empty: another writer's temporary file; the marker itself is gone
 
     def markers(self) -> dict[str, dict[str, Any]]:
         base = f"{self._root}/{MARKER_DIR}"
@@ -214,15 +250,26 @@ class ZarrStore(Store):
         # a marker deleted between the listing and the read (its partition is being rewritten) is not done
         blobs = self._fs.cat(paths, on_error="omit") if paths else {}
         prefix = len(self._fs._strip_protocol(base)) + 1
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
+        legacy: dict[str, dict[str, Any]] = {}
         for path, blob in blobs.items():
-            key = self._fs._strip_protocol(path)[prefix:-len(".json")]
+            name = self._fs._strip_protocol(path)[prefix:]
             try:
                 doc = json.loads(blob)
             except (ValueError, UnicodeDecodeError):
                 doc = None
-            out[key] = doc if isinstance(doc, dict) else {UNREADABLE: "not a valid JSON document"}
-        return out
+            if not name.endswith("zarr.json"):  # a store written before: <key>.json, the marker itself
+                legacy[name[:-len(".json")]] = doc if isinstance(doc, dict) else {UNREADABLE: "not a valid JSON document"}
+            elif doc == GROUP_DOC:
+                continue  # _partitions, or a folder holding markers
+            elif name == "zarr.json" or (isinstance(doc, dict) and doc.get("attributes") == {}):
+                out[name] = {UNREADABLE: f"{MARKER_DIR}/{name} is not the group document featcache writes there"}
+            elif not isinstance(doc, dict) or not isinstance(doc.get("attributes"), dict) or \
+                    {**doc, "attributes": {}} != GROUP_DOC:
+                out[name[:-len("/zarr.json")]] = {UNREADABLE: "not a Zarr group document holding a marker"}
+            else:
+                out[name[:-len("/zarr.json")]] = doc["attributes"]
+        return {**legacy, **out}
 
     def size_on_disk(self) -> int:
         # one listing with sizes: fsspec's du() re-reads each key's info, which fails on a key

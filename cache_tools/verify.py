@@ -16,7 +16,7 @@ from .cache import (BUDGET_HINT, INDEX_PART, INPUTS_KEY, SOURCE_GROUP, TEACHER_K
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import array_checksum, fingerprint, short_pair
 from .locate import open_backend
-from .store import Store
+from .store import UNREADABLE, Store
 
 
 @dataclass
@@ -118,7 +118,9 @@ def _check_partitions(cache: FeatureCache, teachers: list[str], markers: dict[st
     parts = [INDEX_PART, *teachers, *inputs]
     for key, doc in sorted(markers.items()):
         part, _, num = key.rpartition("/")
-        if part not in parts or not num.isdigit() or int(num) >= cache.num_partitions:
+        if UNREADABLE in doc and not (part in parts and num.isdigit()):
+            report.problems.append(f"marker {key}: {doc[UNREADABLE]}")
+        elif part not in parts or not num.isdigit() or int(num) >= cache.num_partitions:
             report.problems.append(f"marker {key}: not a partition of this store")
         elif (problem := cache.marker_problem(key, doc)) is not None:
             report.problems.append(f"{problem}; its partition is not checked and counts as not done")

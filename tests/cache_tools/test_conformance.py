@@ -179,3 +179,45 @@ def test_chunks_hold_whole_rows_between_2_and_8_mib():
         rows = chunk_rows_for(row_bytes, 1 << 20)
         assert 2 << 20 <= rows * row_bytes <= 8 << 20, (dim, views)
     assert chunk_rows_for(2, 4096) == 4096  # never beyond a partition
+
+
+def test_zarr_python_lists_a_store_without_warnings_and_reads_its_markers(tmp_path, ids, fill):
+    """Markers are Zarr groups (attributes: the marker), so a plain zarr-python listing, even under
+    -W error, meets nothing it does not recognise; stores written before, with markers as
+    _partitions/<key>.json files, still read, and a rewritten partition moves its marker."""
+    import glob
+    import json
+    import os
+    import warnings
+    import zarr
+    path = str(tmp_path / "s.zarr")
+    cache = FeatureCache.create(path, sample_ids=ids, partition_rows=16)
+    fill(cache)
+    cache.add_inputs("px", {"pixels": ((2,), "uint8")}, {"kind": "test"})
+    for p in range(cache.num_partitions):
+        a, b = cache.partition_range(p)
+        cache.write_inputs_partition(p, "px", {"pixels": np.ones((b - a, 2), np.uint8)})
+    markers = cache.store.markers()
+    cache.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(path, mode="r")
+        members = dict(group.members(max_depth=None))
+        group.tree()
+    assert {"index/valid", "teachers/clip/features", "inputs/px/pixels", "_partitions/clip/000006"} <= set(members)
+    assert dict(group["_partitions/inputs/px/000003"].attrs) == markers["inputs/px/000003"]
+
+    for doc in sorted(glob.glob(os.path.join(path, "_partitions", "**", "zarr.json"), recursive=True), reverse=True):
+        attrs = json.load(open(doc))["attributes"]  # the layout featcache wrote before
+        os.remove(doc)
+        if attrs:
+            json.dump(attrs, open(os.path.dirname(doc) + ".json", "w"))
+            os.rmdir(os.path.dirname(doc))
+    with FeatureCache.open(path, mode="r+") as old:
+        assert old.store.markers() == markers and old.is_complete and verify(old).ok
+        assert old.inputs_done("px") == set(range(7))
+        a, b = old.partition_range(2)
+        old.write_partition(2, features={"clip": old.read("clip", a, b)})
+        assert not os.path.exists(os.path.join(path, "_partitions", "clip", "000002.json"))
+        assert os.path.exists(os.path.join(path, "_partitions", "clip", "000002", "zarr.json"))
+        assert set(old.store.markers()) == set(markers) and old.is_complete and verify(old).ok

@@ -61,9 +61,26 @@ def small_store(tmp_path, fill):
 
 
 def documents(path):
-    """Every metadata document of a Zarr store: zarr.json of each group and array, and the markers."""
-    docs = sorted(glob.glob(os.path.join(path, "**", "zarr.json"), recursive=True))
-    return docs + sorted(glob.glob(os.path.join(path, "_partitions", "**", "*.json"), recursive=True))
+    """Every metadata document of a Zarr store: zarr.json of each group and array, the markers
+    (groups under _partitions) included, and the markers of a store written before (<key>.json)."""
+    return sorted(glob.glob(os.path.join(path, "**", "*.json"), recursive=True))
+
+
+def marker_file(path, key):
+    """The file of one done marker of a Zarr store: a group of its own (attributes: the marker)."""
+    return os.path.join(path, "_partitions", key, "zarr.json")
+
+
+def to_legacy_markers(path):
+    """The store as featcache wrote it before markers were Zarr groups: each marker a plain
+    _partitions/<key>.json document, and no group documents under _partitions."""
+    for doc in sorted(glob.glob(os.path.join(path, "_partitions", "**", "zarr.json"), recursive=True), reverse=True):
+        folder = os.path.dirname(doc)
+        attrs = json.load(open(doc))["attributes"]
+        os.remove(doc)
+        if attrs:
+            json.dump(attrs, open(folder + ".json", "w"), sort_keys=True)
+            os.rmdir(folder)
 
 
 def run_verify(path):
@@ -99,9 +116,10 @@ def test_every_flip_in_every_metadata_document_is_reported(small_store):
     docs = documents(small_store)
     names = {os.path.relpath(d, small_store) for d in docs}
     assert {"zarr.json", "teachers/clip/zarr.json", "index/valid/zarr.json", "index/sample_id/zarr.json",
-            "_partitions/_index/000000.json", "_partitions/clip/000002.json", "source/zarr.json",
+            "_partitions/_index/000000/zarr.json", "_partitions/clip/000002/zarr.json", "source/zarr.json",
             "inputs/zarr.json", f"inputs/{INPUTS}/zarr.json", f"inputs/{INPUTS}/pixels/zarr.json",
-            f"_partitions/inputs/{INPUTS}/000001.json"} <= names
+            f"_partitions/inputs/{INPUTS}/000001/zarr.json", "_partitions/zarr.json", "_partitions/clip/zarr.json",
+            f"_partitions/inputs/{INPUTS}/zarr.json"} <= names
     assert any(n.startswith("source/index-") and n.endswith("/zarr.json") for n in names)
     missed = []
     for doc in docs:
@@ -151,9 +169,9 @@ def test_every_flip_in_data_rows_is_reported(small_store):
 
 def test_verify_cli_exit_code_without_traceback(small_store):
     exe = os.path.join(os.path.dirname(sys.executable), "featcache-cache")
-    marker = os.path.join(small_store, "_partitions", "clip", "000001.json")
+    marker = marker_file(small_store, "clip/000001")
     doc = json.load(open(marker))
-    doc["nan"] = 3  # what a flip in a NaN count does
+    doc["attributes"]["nan"] = 3  # what a flip in a NaN count does
     json.dump(doc, open(marker, "w"))
     root = os.path.join(small_store, "zarr.json")
     text = open(root).read()
@@ -167,7 +185,9 @@ def test_verify_cli_exit_code_without_traceback(small_store):
 
 
 def test_old_store_without_checksums_reads_and_verify_says_so(small_store):
-    """Stores from before document checksums: still open, still verify by their data, with a note."""
+    """Stores from before document checksums (and before markers were Zarr groups): still open,
+    still verify by their data, with a note."""
+    to_legacy_markers(small_store)
     for doc in documents(small_store):
         data = json.load(open(doc))
         if "_partitions" in doc:

@@ -1,7 +1,6 @@
 """Lost writes: a marker on disk whose bytes never made it (what a power cut leaves) is found and redone."""
 
 import glob
-import json
 import os
 
 import numpy as np
@@ -17,8 +16,8 @@ from extract_helpers import exe, extract, extract_index, make_images, timm_teach
 
 def newest(store, part):
     """(partition, marker) the run marked last for ``part``."""
-    folder = os.path.join(store, "_partitions", part)
-    docs = [json.load(open(os.path.join(folder, f))) for f in os.listdir(folder)]
+    with FeatureCache.open(store) as cache:
+        docs = [doc for key, doc in cache.store.markers().items() if key.startswith(f"{part}/")]
     doc = max(docs, key=lambda d: (d["written_at"], d["partition"]))
     return doc["partition"], doc
 
