@@ -52,7 +52,7 @@ class SourceConfig:
 class TeacherConfig:
     name: str = "effnet_lite0"  # name of the feature array in the store
     kind: Literal["open_clip", "hf", "timm"] = "timm"
-    model: str = "efficientnet_lite0"  # architecture, hub id, or local directory
+    model: str = "tf_efficientnet_lite0"  # architecture, hub id, or local directory
     pretrained: str = ""  # open_clip tag or checkpoint file; timm checkpoint file ("" = random init)
     model_config: str = ""  # open_clip: a custom model config JSON to register first
     key_map: str = ""  # timm: rename checkpoint keys from another naming ("efficientnet_pytorch")
@@ -65,6 +65,12 @@ class TeacherConfig:
     interpolation: str = ""  # "" = the model's own (bilinear, bicubic)
     crop_pct: float = 0.0  # 0 = the model's own
     max_length: int = 256  # text teachers: tokens per input
+    # The weights check (pipeline/teachers/check.py): the first feature values that the weights' own
+    # library computes on a fixed input (a fixed sentence, or 1.5*sin(0.37k) as the image tensor);
+    # on load the teacher recomputes them and stops with TeacherWeightsError when they differ by more
+    # than check_tolerance x their largest magnitude. () = no check. Not in the fingerprint.
+    check_output: tuple[float, ...] = ()
+    check_tolerance: float = 1e-3
 
     def validate(self) -> list[str]:
         errors = []
@@ -72,6 +78,8 @@ class TeacherConfig:
             errors.append("name: must be non-empty and not start with '_'")
         if (len(self.mean) not in (0, 3)) or (len(self.std) not in (0, 3)):
             errors.append("mean/std: give three values each, or none")
+        if not self.check_tolerance > 0:
+            errors.append("check_tolerance: must be > 0")
         return errors
 
 

@@ -11,6 +11,7 @@ from ..config import TeacherConfig
 from featcache.plumbing.paths import resolve_path
 
 from .base import Teacher, TeacherError, TeacherWeightsError, best_device
+from .check import verify_output
 
 
 def _open_clip(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
@@ -36,10 +37,15 @@ REGISTRY: dict[str, Callable[[TeacherConfig, torch.device, str], Teacher]] = {
 
 
 def build_teacher(cfg: TeacherConfig, device: torch.device, modality: str) -> Teacher:
-    """The adapter for ``cfg.kind``; ``pkg:`` paths point inside installed packages."""
+    """The adapter for ``cfg.kind``; ``pkg:`` paths point inside installed packages. A config with
+    ``check_output`` gets its features on the fixed check input compared first (check.py): weights
+    that load by name and shape into another computation than theirs are refused here."""
     cfg = dataclasses.replace(cfg, model=resolve_path(cfg.model), pretrained=resolve_path(cfg.pretrained),
                               model_config=resolve_path(cfg.model_config))
-    return REGISTRY[cfg.kind](cfg, device, modality)
+    teacher = REGISTRY[cfg.kind](cfg, device, modality)
+    if cfg.check_output:
+        verify_output(teacher, cfg, device)
+    return teacher
 
 
 __all__ = ["REGISTRY", "Teacher", "TeacherError", "TeacherWeightsError", "best_device", "build_teacher"]
