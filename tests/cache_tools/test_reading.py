@@ -33,3 +33,66 @@ def test_store_batches(fill, ids):
     for rows, feats in got:
         np.testing.assert_array_equal(feats, data["clip"][rows])
     assert sum(len(r) for r, _ in got) == 100
+
+
+def _types(value):
+    """The Python and numpy types of a value, all the way down (what a caller would branch on)."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.kind if value.dtype.kind in "OTU" else value.dtype.name,
+                sorted({type(v).__name__ for v in value.ravel().tolist()}) if value.dtype.kind in "OTU" else None)
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items() if k not in ("path", "backend", "size_on_disk")}
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    return type(value).__name__
+
+
+def _store_pair(tmp_path, fill):
+    """The same rows, classes, teacher and markers in a Zarr and an HDF5 store (s.zarr and s.h5)."""
+    from featcache.cache_tools import convert
+    ids = [f"img/{i:04d}.png" for i in range(40)]
+    zarr_path, h5_path = str(tmp_path / "s.zarr"), str(tmp_path / "s.h5")
+    cache = FeatureCache.create(zarr_path, sample_ids=ids, labels=np.arange(40) % 3, partition_rows=16,
+                                source={"kind": "image_folder", "classes": ["cat", "dog", "emu"]})
+    fill(cache)
+    cache.close()
+    convert(zarr_path, h5_path).close()
+    return zarr_path, h5_path
+
+
+def test_hdf5_and_zarr_give_the_same_types_through_featcache(tmp_path, fill):
+    zarr_path, h5_path = _store_pair(tmp_path, fill)
+    seen = {}
+    for path in (zarr_path, h5_path):
+        with FeatureCache.open(path) as cache:
+            seen[path] = _types({
+                "ids": cache.sample_ids, "labels": cache.labels, "valid": cache.valid, "meta": cache.meta,
+                "info": cache.info(), "teacher": cache.teacher_info("clip"), "markers": cache.store.markers(),
+                "attrs": cache.store.get_attrs("teachers/clip"), "take_ids": cache._take_rows("index/sample_id", [3, 1]),
+                "read_ids": cache.store.read("index/sample_id", 0, 2), "features": cache.take("clip", [2, 0])})
+            assert cache.source["classes"] == ["cat", "dog", "emu"]
+    assert seen[zarr_path] == seen[h5_path]
+    assert seen[h5_path]["ids"] == ("ndarray", "O", ["str"]) and seen[h5_path]["meta"]["source"]["classes"] == ["str"] * 3
+
+
+def test_the_plain_reader_examples_in_store_format_md_read_what_featcache_reads(tmp_path, fill, monkeypatch):
+    """The zarr-python and h5py snippets of docs/store-format.md, run as written on the two stores:
+    the same classes, ids, labels, features, teacher description and done partitions as featcache."""
+    import os
+    import re
+    zarr_path, _ = _store_pair(tmp_path, fill)
+    docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "store-format.md")
+    section = open(docs).read().split("## Reading a store without featcache", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2 and "zarr.open_group" in blocks[0] and "h5py.File" in blocks[1]
+    monkeypatch.chdir(tmp_path)
+    with FeatureCache.open(zarr_path) as cache:
+        want = {"classes": cache.source["classes"], "ids": cache.sample_ids.tolist(), "labels": cache.labels.tolist(),
+                "valid": cache.valid.tolist(), "features": cache.load("clip").tolist(),
+                "teacher": cache.store.get_attrs("teachers/clip")["featcache_teacher"],
+                "done": sorted(cache.done_partitions()["clip"])}
+    for block in blocks:
+        ns: dict = {}
+        exec(compile(block, "store-format.md", "exec"), ns)  # noqa: S102 - the docs' own example
+        got = {k: ns[k].tolist() if isinstance(ns[k], np.ndarray) else ns[k] for k in want}
+        assert [type(i) for i in got["ids"]] == [str] * 40 and got == want
