@@ -81,14 +81,14 @@ demo:
 
 demo-stl-aft:
 	OMP_NUM_THREADS=1 $(BIN)/featcache-train sweep configs/demo_train.toml $(DEMO_SET) --grid method=stl,aft \
-	  --set data.unlabeled_per_batch=0 --set 'data.teachers=["effnet_lite0"]'
+	  --grid seed=0,1,2 --set data.unlabeled_per_batch=0 --set 'data.teachers=["effnet_lite0"]'
 
 # The default, with 60 of the unlabeled images' cached features per batch instead of the config's
 # 120 (sized for the full 3,000-image cache): it is the demo's longest student, and this halves its
 # extra work per step on the 1,150 unlabeled images of the demo's cache.
 demo-default:
 	OMP_NUM_THREADS=1 $(BIN)/featcache-train sweep configs/demo_train.toml $(DEMO_SET) --grid method=kd_pred \
-	  --set data.unlabeled_per_batch=60
+	  --grid seed=0,1,2 --set data.unlabeled_per_batch=60
 
 demo-text: extract-text
 	$(BIN)/featcache-train sweep configs/demo_text_train.toml --out runs/demo_text --grid method=stl,aft \

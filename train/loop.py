@@ -447,7 +447,7 @@ def describe_diagnostics(record: dict[str, Any]) -> str:
 def val_trend(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Was validation accuracy still rising over the last fifth of training? The least-squares slope
     of accuracy against step over the evaluations of the last fifth (at least the last two): a
-    positive slope says the run was scored before it converged."""
+    line still climbing says the run was scored before it converged."""
     points = [(r.get("step", r["epoch"]), r["val_accuracy"]) for r in history if r.get("val_accuracy") is not None]
     if len(points) < 2:
         return {"rising": None, "slope_per_1k_steps": None, "evaluations": len(points)}
@@ -457,7 +457,9 @@ def val_trend(history: list[dict[str, Any]]) -> dict[str, Any]:
     x = np.array([p[0] for p in tail], float)
     y = np.array([p[1] for p in tail], float)
     slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
-    return {"rising": slope > 0, "slope_per_1k_steps": slope * 1000, "evaluations": len(tail),
+    # rising: the fitted line gains more than a tenth of a point over the last fifth (a flat run's
+    # slope is rounding noise, not a rise)
+    return {"rising": slope * np.ptp(x) > 1e-3, "slope_per_1k_steps": slope * 1000, "evaluations": len(tail),
             "gain": float(y[-1] - y[0])}
 
 

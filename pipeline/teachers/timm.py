@@ -8,58 +8,15 @@ leftover on either side is an error that lists it.
 from __future__ import annotations
 
 import os
-import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from featcache.plumbing.key_maps import KEY_MAPS, KeyMapError, rename
 from featcache.plumbing.weights import misfit, read_tensors
 
 from ..config import TeacherConfig
 from .base import TeacherError, TeacherWeightsError, describe_transform, finish, inference, library_version, state_dict_sha256
-
-_EFFNET_BLOCK = {  # efficientnet_pytorch names inside a block -> timm names
-    "expand": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-               "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
-               "_bn2": "bn3"},
-    "depthwise": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                  "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"},
-}
-_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-               "_fc": "classifier"}
-
-
-def remap_efficientnet_pytorch(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """efficientnet_pytorch (``_blocks.N._depthwise_conv``) -> timm (``blocks.S.I.conv_dw``).
-
-    Flat block N is the N-th block of the timm model in order; whether it is an
-    inverted-residual block (has ``_expand_conv``) picks the inner names.
-    """
-    timm_blocks = sorted({m.group(1) for k in model.state_dict() if (m := re.match(r"(blocks\.\d+\.\d+)\.", k))},
-                         key=lambda s: tuple(int(x) for x in s.split(".")[1:]))
-    expands = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
-    out = {}
-    for key, value in state.items():
-        m = re.match(r"_blocks\.(\d+)\.(_\w+)\.(.+)$", key)
-        if m:
-            n, part, rest = int(m.group(1)), m.group(2), m.group(3)
-            names = _EFFNET_BLOCK["expand" if n in expands else "depthwise"]
-            if n >= len(timm_blocks) or part not in names:
-                raise TeacherWeightsError(f"checkpoint key {key}: no matching timm block parameter")
-            out[f"{timm_blocks[n]}.{names[part]}.{rest}"] = value
-            continue
-        top, _, rest = key.partition(".")
-        if top not in _EFFNET_TOP:
-            raise TeacherWeightsError(f"checkpoint key {key}: no matching timm parameter")
-        out[f"{_EFFNET_TOP[top]}.{rest}"] = value
-    return out
-
-
-KEY_MAPS: dict[str, Callable[[dict[str, torch.Tensor], torch.nn.Module], dict[str, torch.Tensor]]] = {
-    "efficientnet_pytorch": remap_efficientnet_pytorch,
-    "strip_module": lambda state, model: {k.removeprefix("module."): v for k, v in state.items()},
-}
-
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
@@ -97,10 +54,12 @@ class TimmTeacher:
             raise TeacherError(f"timm model {cfg.model!r}: {exc}") from exc
         if is_file:
             state = _read_checkpoint(cfg.pretrained)
-            if cfg.key_map:
-                if cfg.key_map not in KEY_MAPS:
-                    raise TeacherError(f"key_map {cfg.key_map!r} unknown (known: {', '.join(KEY_MAPS)})")
-                state = KEY_MAPS[cfg.key_map](state, model)
+            if cfg.key_map and cfg.key_map not in KEY_MAPS:
+                raise TeacherError(f"key_map {cfg.key_map!r} unknown (known: {', '.join(KEY_MAPS)})")
+            try:
+                state = rename(state, cfg.key_map, model.state_dict())
+            except KeyMapError as exc:
+                raise TeacherWeightsError(f"{cfg.pretrained}: {exc}") from exc
             load_strict(model, state, cfg.pretrained)
         self.weights_sha256 = state_dict_sha256(model)
         model.reset_classifier(0)  # features: the pooled output the classifier would read

