@@ -459,7 +459,7 @@ def val_trend(history: list[dict[str, Any]]) -> dict[str, Any]:
     slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
     # rising: the fitted line gains more than a tenth of a point over the last fifth (a flat run's
     # slope is rounding noise, not a rise)
-    return {"rising": slope * np.ptp(x) > 1e-3, "slope_per_1k_steps": slope * 1000, "evaluations": len(tail),
+    return {"rising": bool(slope * np.ptp(x) > 1e-3), "slope_per_1k_steps": slope * 1000, "evaluations": len(tail),
             "gain": float(y[-1] - y[0])}
 
 
