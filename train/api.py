@@ -152,12 +152,14 @@ def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: 
 
 
 def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | None = None, jobs: int = 1,
-                dry_run: bool = False, log: Log = print, **overrides: Any) -> SweepResult:
+                dry_run: bool = False, log: Log = print, then_seeds: Sequence[int] = (),
+                **overrides: Any) -> SweepResult:
     """``featcache-train sweep``: every combination of ``grid`` on one cache, one run directory each.
 
     ``grid`` maps a key to its values as ``--grid`` does: ``{"method": ["stl", "aft"], "seed": [0, 1, 2],
     "aft.beta": [0.1, 1.0], "data.teachers": [["a"], ["a", "b"]]}``. Runs land in ``out`` (default:
     the config's out_dir) as ``<method>-<hash>``; finished runs are skipped, interrupted ones resumed.
+    ``then_seeds``: afterwards, each method's grid point chosen on validation runs with these seeds.
     """
     from .sweep import run_sweep
 
@@ -171,7 +173,8 @@ def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | No
     for key, values in grid.items():
         values = [values] if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) else values
         lines.append(f"{key}=" + ",".join(toml_value(v, key) for v in values))
-    res = run_sweep(os.fspath(config), as_overrides(overrides), lines, jobs=jobs, root=out, dry_run=dry_run, log=log)
+    res = run_sweep(os.fspath(config), as_overrides(overrides), lines, jobs=jobs, root=out, dry_run=dry_run, log=log,
+                    then_seeds=tuple(then_seeds))
     return SweepResult(res["root"], res["runs"], res["ran"], tuple(res["failed"]))
 
 

@@ -50,6 +50,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are split between them)")
         p.add_argument("--out", help="runs directory (default: the config's out_dir)")
         p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+        p.add_argument("--then-seeds", default="", metavar="S1,S2",
+                       help="after the grid, each method's point chosen on validation runs again with these "
+                            "seeds (tune on the config's seed, measure on more)")
     if command == "tokt":
         p.add_argument("--compare", action="store_true", help="every [tokt] method x seed, then the table")
     storage.add_flag(p)
@@ -69,7 +72,12 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
             raise UsageError("sweep: give at least one --grid KEY=V1,V2,...")
         if args.jobs < 1:
             raise UsageError("--jobs: must be >= 1")
-        res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run)
+        try:
+            then_seeds = [int(x) for x in args.then_seeds.split(",") if x.strip()]
+        except ValueError as exc:
+            raise UsageError(f"--then-seeds {args.then_seeds!r}: expected seeds like 1,2") from exc
+        res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run,
+                        then_seeds=then_seeds)
         if not args.dry_run:
             print(f"table: {PROG} compare {res['root']}")
         return EXIT_DATA if res["failed"] else EXIT_OK

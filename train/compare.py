@@ -181,6 +181,8 @@ def summarize_runs(runs: list[Run], root: str) -> list[dict[str, Any]]:
                     "test_accuracy_mean": row.mean, "test_accuracy_std": row.std,
                     "error_vs_stl": rel, "seeds": len(row.runs), "seed_list": row.seeds,
                     "val_accuracy_mean": sum(vals) / len(vals) if vals else None,
+                    "val_by_seed": {r.config.get("seed", 0): r.val_accuracy for r in row.runs
+                                    if r.val_accuracy is not None},
                     "wall_seconds_mean": sum(r.wall_seconds for r in row.runs) / len(row.runs),
                     "runs": [os.path.relpath(r.path, root) for r in row.runs]})
     return out
@@ -194,7 +196,7 @@ def is_hyper(key: str) -> bool:
 
 def choose_on_validation(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and experiment setting, the grid point with the best mean validation accuracy over
-    its seeds; test rows are never read to choose. Each record keeps the grid it was chosen from
+    the seeds all its candidates ran; test rows are never read to choose. Each record keeps the grid it was chosen from
     (every value tried per key) and the choice; error vs STL is against the STL chosen alike."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
@@ -203,7 +205,15 @@ def choose_on_validation(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     chosen = []
     for (method, fixed), candidates in groups.items():
         scored = [c for c in candidates if c["val_accuracy_mean"] is not None] or candidates
-        best = max(scored, key=lambda c: (c["val_accuracy_mean"] or 0.0, -len(c["method"])))
+        # compared on the seeds every candidate ran (a grid tuned on seed 0 whose choice then ran
+        # more seeds is still chosen on seed 0)
+        common = set.intersection(*(set(c.get("val_by_seed", {})) for c in scored))
+
+        def score(c: dict[str, Any]) -> float:
+            vals = [c["val_by_seed"][k] for k in common] if common else []
+            return sum(vals) / len(vals) if vals else (c["val_accuracy_mean"] or 0.0)
+
+        best = max(scored, key=lambda c: (score(c), -len(c["method"])))
         keys = sorted({k for c in candidates for k in c["setting"] if is_hyper(k)})
         grid = {_short(k): sorted({_fmt(c["setting"].get(k)) for c in candidates}) for k in keys}
         label = " ".join([method] + [f"{_short(k)}={_fmt(v)}" for k, v in fixed])

@@ -162,24 +162,8 @@ def _execute(config: dict[str, Any], resume: bool, threads: int) -> dict[str, An
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], jobs: int = 1,
-              root: str | None = None, dry_run: bool = False, log: Log = print) -> dict[str, Any]:
-    axes = [parse_axis(g) for g in grid]
-    runs = plan(config_path, overrides, axes, root)
-    root = os.path.dirname(runs[0].config["out_dir"]) if runs else (root or "")
-    todo = [r for r in runs if status(r) != "done"]
-    log(f"sweep: {len(runs)} runs in {root} ({len(runs) - len(todo)} already finished, {len(todo)} to run"
-        + (f", {jobs} at a time)" if jobs > 1 else ")"))
-    if dry_run:
-        for r in runs:
-            log(f"  {status(r):<6} {r.name}")
-        return {"root": root, "runs": len(runs), "ran": 0, "failed": []}
-    os.makedirs(root, exist_ok=True)
-    grid_id = hashlib.sha256(json.dumps([config_path, list(overrides), list(grid)]).encode()).hexdigest()[:8]
-    atomic.write_json(os.path.join(root, f"sweep-{grid_id}.json"), {
-        "config": os.path.abspath(config_path), "overrides": list(overrides), "grid": list(grid),
-        "axes": [{"key": a.key, "values": list(a.values), "only_method": a.only_method} for a in axes],
-        "runs": [r.name for r in runs]})
+def execute(todo: Sequence[PlannedRun], jobs: int, log: Log) -> list[str]:
+    """Run ``todo`` (``jobs`` at a time, threads split between them); the names of those that failed."""
     failed: list[str] = []
     t0 = time.time()
 
@@ -204,7 +188,57 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
             pool.join()
     log(f"sweep: {len(todo) - len(failed)} runs finished in {time.time() - t0:.0f} s"
         + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    return {"root": root, "runs": len(runs), "ran": len(todo), "failed": failed}
+    return failed
+
+
+def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], jobs: int = 1,
+              root: str | None = None, dry_run: bool = False, log: Log = print,
+              then_seeds: Sequence[int] = ()) -> dict[str, Any]:
+    axes = [parse_axis(g) for g in grid]
+    runs = plan(config_path, overrides, axes, root)
+    root = os.path.dirname(runs[0].config["out_dir"]) if runs else (root or "")
+    todo = [r for r in runs if status(r) != "done"]
+    log(f"sweep: {len(runs)} runs in {root} ({len(runs) - len(todo)} already finished, {len(todo)} to run"
+        + (f", {jobs} at a time)" if jobs > 1 else ")"))
+    if dry_run:
+        for r in runs:
+            log(f"  {status(r):<6} {r.name}")
+        return {"root": root, "runs": len(runs), "ran": 0, "failed": []}
+    os.makedirs(root, exist_ok=True)
+    grid_id = hashlib.sha256(json.dumps([config_path, list(overrides), list(grid)]).encode()).hexdigest()[:8]
+    atomic.write_json(os.path.join(root, f"sweep-{grid_id}.json"), {
+        "config": os.path.abspath(config_path), "overrides": list(overrides), "grid": list(grid),
+        "axes": [{"key": a.key, "values": list(a.values), "only_method": a.only_method} for a in axes],
+        "runs": [r.name for r in runs]})
+    failed = execute(todo, jobs, log)
+    ran = len(todo)
+    if then_seeds and not failed:
+        more = chosen_runs(runs, root, then_seeds)
+        todo = [r for r in more if status(r) != "done"]
+        log(f"sweep: chosen on validation per method, {len(more)} runs with seeds "
+            f"{', '.join(map(str, then_seeds))} ({len(more) - len(todo)} already finished, {len(todo)} to run)")
+        failed += execute(todo, jobs, log)
+        ran += len(todo)
+    return {"root": root, "runs": len(runs), "ran": ran, "failed": failed}
+
+
+def chosen_runs(runs: Sequence[PlannedRun], root: str, seeds: Sequence[int]) -> list[PlannedRun]:
+    """The grid's choice on validation per method (``compare --choose`` over the grid's finished
+    runs), each run again with every seed of ``seeds``: a grid tuned on one seed, then the chosen
+    points measured on more."""
+    from .compare import choose_on_validation, load_runs, summarize_runs
+
+    finished = [r for r in load_runs(root) if os.path.basename(r.path) in {p.name for p in runs}]
+    out: dict[str, PlannedRun] = {}
+    for record in choose_on_validation(summarize_runs(finished, root)):
+        with open(os.path.join(root, record["runs"][0], "results.json")) as fh:
+            config = json.load(fh)["config"]
+        for seed in seeds:
+            cfg = to_dict(load_config(TrainConfig, data={**config, "seed": seed}))
+            name = f"{cfg['method']['name']}-{config_hash(cfg)}"
+            cfg["out_dir"] = os.path.join(root, name)
+            out.setdefault(name, PlannedRun(name, cfg))
+    return list(out.values())
 
 
 __all__ = ["Axis", "PlannedRun", "parse_axis", "plan", "run_sweep", "config_hash", "split_values"]

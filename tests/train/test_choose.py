@@ -37,3 +37,30 @@ def test_experiment_settings_stay_rows_of_their_own(tmp_path):
     chosen = choose_on_validation(summarize(str(tmp_path)))
     assert sorted(r["method"] for r in chosen) == ["aft label_budget=10", "aft label_budget=50",
                                                   "stl label_budget=10", "stl label_budget=50"]
+
+
+def test_a_choice_made_on_seed_0_stays_when_the_chosen_point_runs_more_seeds(tmp_path):
+    """The grid ran seed 0 only; the chosen point then ran seeds 1, 2 with lower validation. The
+    choice is still compared on seed 0, the one seed every candidate ran."""
+    _run(tmp_path, "aft-b1-0", "aft", 0, 0.75, 0.60, beta=1.0)
+    _run(tmp_path, "aft-b10-0", "aft", 0, 0.80, 0.70)
+    for seed in (1, 2):
+        _run(tmp_path, f"aft-b10-{seed}", "aft", seed, 0.60, 0.70)
+    (chosen,) = choose_on_validation(summarize(str(tmp_path)))
+    assert chosen["chosen"]["beta"] == "10" and chosen["seeds"] == 3
+
+
+def test_sweep_then_seeds_runs_the_chosen_point_with_more_seeds(synth, tmp_path):
+    from featcache.train.compare import load_runs
+    from train_helpers import write_config
+
+    cfg = write_config(tmp_path / "t.toml", *synth, str(tmp_path / "runs"), epochs=1, batch_size=32, width=16)
+    assert main(["sweep", cfg, "--grid", "method=stl,aft", "--grid", "aft.beta=0.1,10", "--then-seeds", "1",
+                 "--set", "data.label_budget=10"]) == 0
+    runs = load_runs(str(tmp_path / "runs"))
+    seeds = {}
+    for r in runs:
+        seeds.setdefault((r.method, r.config.get("method.beta") if r.method == "aft" else None), []).append(
+            r.config["seed"])
+    assert sorted(seeds[("stl", None)]) == [0, 1]
+    assert sorted(len(v) for k, v in seeds.items() if k[0] == "aft") == [1, 2]  # only the chosen beta ran twice
