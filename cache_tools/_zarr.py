@@ -11,6 +11,7 @@ is written the new way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -20,11 +21,13 @@ import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync as zarr_sync
 
 from featcache.plumbing import atomic
 
 from .errors import CacheNotFoundError, CorruptCacheError, MissingNodeError
-from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store, chunk_groups
 
 MARKER_DIR = "_partitions"
 # the document of the groups that hold markers; written only where missing, with these same bytes by whoever does
@@ -152,9 +155,37 @@ class ZarrStore(Store):
         return out.astype(object) if out.dtype.kind == "T" else out
 
     def take(self, node: str, rows: np.ndarray) -> np.ndarray:
-        # Zarr groups the rows by chunk itself and fetches the chunks concurrently.
-        out = self._array(node).oindex[np.asarray(rows, dtype=np.int64)]
-        return out.astype(object) if out.dtype.kind == "T" else out
+        # One call into zarr's event loop for the whole selection, so its chunks are fetched
+        # concurrently (at most async.concurrency at once), each as a plain slice decoded straight
+        # into its place in the result: an orthogonal selection of row ids (oindex) decoded the
+        # same whole chunks ~4x slower here, and a concatenation would copy every byte again.
+        arr = self._array(node)
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows) or arr.dtype.kind in ("T", "U", "O"):
+            return super().take(node, rows)
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        async_arr = arr.async_array
+        limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
+
+        async def one(group: np.ndarray, at: int) -> None:
+            lo, hi = int(group[0]), int(group[-1]) + 1
+            async with limit:
+                if hi - lo == len(group):  # every row of the span: decode into the result
+                    view = default_buffer_prototype().nd_buffer.from_ndarray_like(out[at:at + len(group)])
+                    await async_arr.get_orthogonal_selection((slice(lo, hi),), out=view)
+                else:
+                    out[at:at + len(group)] = np.asarray(await async_arr.getitem((slice(lo, hi),)))[group - lo]
+
+        async def every() -> None:
+            groups = chunk_groups(rows, int(arr.chunks[0]))
+            starts = np.cumsum([0, *map(len, groups)])
+            await asyncio.gather(*(one(g, int(at)) for g, at in zip(groups, starts)))
+
+        try:
+            zarr_sync(every())
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise CorruptCacheError(f"{self.path}: {node} rows {rows[0]}..{rows[-1]} do not decode ({exc})") from exc
+        return out
 
     def _write(self, node: str, start: int, values: np.ndarray) -> None:
         arr = self._array(node)

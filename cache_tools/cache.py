@@ -558,6 +558,8 @@ class FeatureCache:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise IndexError(f"{self.path}: row ids must be in 0..{self.rows - 1}")
+        if rows.size < 2 or bool((np.diff(rows) > 0).all()):  # sorted and unique (a block read): no copy
+            return self.store.take(node, rows)
         uniq, inverse = np.unique(rows, return_inverse=True)
         return self.store.take(node, uniq)[inverse]
 

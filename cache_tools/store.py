@@ -38,6 +38,11 @@ class ArrayMeta:
         return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
+def chunk_groups(rows: np.ndarray, chunk_rows: int) -> list[np.ndarray]:
+    """Sorted, unique row ids split by the chunk each falls in."""
+    return np.split(rows, np.flatnonzero(np.diff(rows // chunk_rows)) + 1)
+
+
 class Store(abc.ABC):
     """One store on one medium. ``read_only`` is checked before any change."""
 
@@ -161,14 +166,14 @@ class Store(abc.ABC):
     def take(self, node: str, rows: np.ndarray) -> np.ndarray:
         """Rows at sorted, unique indices, read one slice per touched chunk."""
         meta = self.array_meta(node)
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.empty((0, *meta.shape[1:]), dtype=object if meta.dtype == STR_DTYPE else meta.dtype)
-        chunk_of = rows // meta.chunk_rows
-        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
         parts = []
-        for group in np.split(rows, bounds):
+        for group in chunk_groups(rows, meta.chunk_rows):
             lo, hi = int(group[0]), int(group[-1]) + 1
-            parts.append(self.read(node, lo, hi)[group - lo])
+            part = self.read(node, lo, hi)
+            parts.append(part if hi - lo == len(group) else part[group - lo])
         return np.concatenate(parts)
 
     def __enter__(self) -> "Store":

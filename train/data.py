@@ -217,6 +217,12 @@ class FeatureBank:
             return self.data[start:stop]
         return np.concatenate([self.cache.read(t, start, stop) for t in self.teachers], -1)
 
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted row ids of a block of chunks, read with one store call per teacher."""
+        if self.data is not None:
+            return self.data[rows]
+        return np.concatenate([self.cache.take(t, rows) for t in self.teachers], -1)
+
     def _block_stats(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-teacher mean vector and one scale, so every block has unit mean norm on `rows`."""
         total = np.zeros(self.dim, np.float64)
@@ -224,7 +230,7 @@ class FeatureBank:
         count = 0
         for _, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, 4096,
                                             rng=np.random.default_rng(0), rows=rows,
-                                            chunks_per_block=self.chunks_per_block):
+                                            chunks_per_block=self.chunks_per_block, workers=2, gather=self._gather):
             f = feats.reshape(-1, self.dim).astype(np.float64)
             total += f.sum(0)
             sq += (f ** 2).sum(0)
@@ -266,7 +272,7 @@ class FeatureBank:
             return
         for ids, feats in iter_chunk_shuffled(self._read, self.cache.rows, self.chunk_rows, batch_size, rng=rng,
                                               rows=rows, drop_last=drop_last, chunks_per_block=self.chunks_per_block,
-                                              workers=min(4, self.chunks_per_block)):
+                                              workers=2, gather=self._gather):  # 2 blocks in flight
             yield ids, self._finish(feats)
 
 

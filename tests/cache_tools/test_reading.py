@@ -26,6 +26,37 @@ def test_subset_of_rows_and_drop_last():
     assert set(np.concatenate([i for i, _ in batches]).tolist()) <= set(rows.tolist())
 
 
+def test_block_reads_one_gather_call_per_block_of_chunks():
+    """With ``gather``, each block of chunks_per_block chunks is read in one call of sorted row ids;
+    every wanted row comes once, with its own values, shuffled."""
+    data = np.arange(1000 * 2).reshape(1000, 2)
+    rows = np.random.default_rng(5).choice(1000, 700, replace=False)
+    calls = []
+
+    def gather(ids):
+        calls.append(ids)
+        return data[ids]
+
+    got = list(iter_chunk_shuffled(None, 1000, 64, 50, rng=np.random.default_rng(0), rows=rows,
+                                   chunks_per_block=3, workers=2, gather=gather))
+    for ids, vals in got:
+        np.testing.assert_array_equal(vals, data[ids])
+    seen = np.concatenate([i for i, _ in got])
+    assert sorted(seen.tolist()) == sorted(rows.tolist()) and not np.array_equal(seen, np.sort(rows))
+    assert len(calls) == -(-len(np.unique(rows // 64)) // 3)  # one call per block of 3 chunks
+    assert all(np.all(np.diff(c) > 0) and len(np.unique(c // 64)) <= 3 for c in calls)
+
+
+def test_store_take_reads_sorted_rows_as_spans(tmp_path, fill, ids):
+    """Zarr reads every touched chunk's span in one call (read_spans); the rows are the same as
+    a read of each row, for a sorted block and for rows in any order with repeats."""
+    cache = FeatureCache.create(str(tmp_path / "s.zarr"), sample_ids=ids, partition_rows=16)
+    data = fill(cache)
+    for rows in (np.array([0, 1, 2, 17, 40, 41, 99]), np.array([99, 3, 3, 50, 0])):
+        np.testing.assert_array_equal(cache.take("clip", rows), data["clip"][rows])
+    assert cache.take("clip", np.array([], np.int64)).shape == (0, *data["clip"].shape[1:])
+
+
 def test_store_batches(fill, ids):
     cache = FeatureCache.create(MemoryStore(), sample_ids=ids, partition_rows=16)
     data = fill(cache)
