@@ -14,7 +14,8 @@ from featcache.train.tokt import ToktConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMAS = {"demo_vision.toml": ExtractConfig, "demo_text.toml": ExtractConfig, "fortunes.toml": ExtractConfig,
            "demo_train.toml": TrainConfig, "demo_text_train.toml": TrainConfig, "demo_tokt.toml": ToktConfig,
-           "demo_finetune.toml": FinetuneConfig}
+           "demo_finetune.toml": FinetuneConfig, "paper_text_train.toml": TrainConfig,
+           "paper_vision_train.toml": TrainConfig}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
