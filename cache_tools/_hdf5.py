@@ -21,7 +21,7 @@ except ImportError:  # not POSIX: HDF5 locks otherwise there, and the probe belo
     fcntl = None  # type: ignore[assignment]
 
 from .errors import CacheNotFoundError, CorruptCacheError, CacheError, MissingNodeError, StoreInUseError
-from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Capabilities, Store
 
 MARKER_GROUP = "_partitions"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -89,6 +89,8 @@ def _refuse_if_locked(path: str) -> None:
 
 class HDF5Store(Store):
     backend = "hdf5"
+    # one writer per file, and HDF5's lock keeps readers out while it writes
+    capabilities = Capabilities(concurrent_writers=False, readers_while_writing=False)
 
     def __init__(self, path: str, *, read_only: bool = True, create: bool = False,
                  overwrite: bool = False) -> None:

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 from .errors import MissingNodeError
-from .store import STR_DTYPE, ArrayMeta, Store
+from .store import STR_DTYPE, ArrayMeta, Capabilities, Store
 
 
 class MemoryStore(Store):
     backend = "memory"
+    capabilities = Capabilities(concurrent_writers=False, readers_while_writing=True)  # one process's memory
 
     def __init__(self, name: str = "memory", *, read_only: bool = False) -> None:
         super().__init__(f"memory://{name}", read_only=read_only)

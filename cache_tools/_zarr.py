@@ -27,7 +27,7 @@ from zarr.core.sync import sync as zarr_sync
 from featcache.plumbing import atomic
 
 from .errors import CacheNotFoundError, CorruptCacheError, MissingNodeError
-from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Store, chunk_groups
+from .store import STR_DTYPE, UNREADABLE, ArrayMeta, Capabilities, Store, chunk_groups
 
 MARKER_DIR = "_partitions"
 # the document of the groups that hold markers; written only where missing, with these same bytes by whoever does
@@ -62,6 +62,8 @@ def _compressor_name(arr: zarr.Array) -> str:
 
 class ZarrStore(Store):
     backend = "zarr"
+    # each writer owns whole chunks (partitions) and one marker file each: no shared document
+    capabilities = Capabilities(concurrent_writers=True, readers_while_writing=True)
 
     def __init__(self, path: str, *, read_only: bool = True, create: bool = False,
                  overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> None:

@@ -103,7 +103,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with convert(args.src, args.dst, backend=args.backend, compressor=args.compressor,
                  overwrite=args.overwrite, progress=progress) as dst:
         bar.close()
-        print(f"{args.src} -> {dst.path} ({dst.backend}, {human_bytes(dst.store.size_on_disk())}): "
+        print(f"{args.src} -> {dst.path} ({dst.backend}, {human_bytes(dst.size_on_disk())}): "
               "values and metadata verified equal")
     return EXIT_OK
 
@@ -115,7 +115,7 @@ def _ls_line(path: str) -> tuple[str, bool]:
             complete = all(len(d) == cache.num_partitions for d in done.values()) and not cache.budget_problem()
             teachers = ",".join(cache.teachers) or "-"
             return (f"{path}\t{cache.backend}\t{cache.rows} rows\t{teachers}\t"
-                    f"{human_bytes(cache.store.size_on_disk())}\t{'complete' if complete else 'INCOMPLETE'}"), True
+                    f"{human_bytes(cache.size_on_disk())}\t{'complete' if complete else 'INCOMPLETE'}"), True
     except (CacheError, OSError, ValueError) as exc:
         return f"{path}\tunreadable: {exc}", False
 
@@ -203,7 +203,7 @@ def cmd_inputs(args: argparse.Namespace) -> int:
         dtype = "uint8" if s.spec["kind"] == "image" else "int32 (+ lengths)"
         print(f"{cache.path}: inputs/{s.name}/{what} {'x'.join(map(str, s.shape))} {dtype} "
               f"({human_bytes(s.nbytes)}): {s.rows_written} rows in {s.seconds:.1f} s{rate}{resumed}; "
-              f"store now {human_bytes(cache.store.size_on_disk())}")
+              f"store now {human_bytes(cache.size_on_disk())}")
     return EXIT_OK
 
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from featcache.plumbing import atomic
 
-from .cache import INDEX_PART, ROOT_KEY, FeatureCache
+from .cache import FeatureCache
 from .errors import CacheError
 from .locate import detect_backend
+from .parts import IndexPart, TeacherPart
 
 Progress = Callable[[int, int], None]
 
@@ -25,53 +26,37 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | None) -> None:
-    done = src.done_partitions()
-    total = src.num_partitions
-    for p in range(total):
-        start, stop = src.partition_range(p)
-        index = {}
-        if p in done[INDEX_PART]:
-            index["valid"] = src.store.read("index/valid", start, stop)
-            if src.view_param_names:
-                index["view_params"] = src.store.read("views/params", start, stop)
-        feats = {t: src.read(t, start, stop) for t in src.teachers if p in done[t]}
-        dst.write_partition(p, features=feats, **index)
-        for name, values in feats.items():
-            if not _same(values, dst.read(name, start, stop)):
-                raise CacheError(f"{dst.path}: {name} rows {start}:{stop} differ from the source after copy")
+    """Every part's partitions that ``src`` has marked done, part by part through its own protocol
+    (a cached input set too: a pulled copy trains without the raw inputs, as the original does)."""
+    markers = src.store.markers()
+    parts = [(part, dst.part(part.key), part.done(markers)) for part in src.parts()]
+    for p in range(src.num_partitions):
+        for part, mine, done in parts:
+            if p in done:
+                values = part.read(p)
+                mine.write(p, values, notes={} if isinstance(part, IndexPart) else None)
+                if isinstance(part, TeacherPart) and not _same(values["features"], mine.read(p)["features"]):
+                    start, stop = src.partition_range(p)
+                    raise CacheError(f"{dst.path}: {part.name} rows {start}:{stop} differ from the source after copy")
         if progress:
-            progress(p + 1, total)
-    for name in src.inputs:
-        _copy_inputs(src, dst, name)
-
-
-def _copy_inputs(src: FeatureCache, dst: FeatureCache, name: str) -> None:
-    """A cached input set, same spec (so the same fingerprint) and the partitions it has marked:
-    a pulled copy trains without the raw inputs, as the original does."""
-    info = src.inputs_info(name)
-    arrays = {a: (tuple(m["shape"][1:]), m["dtype"]) for a, m in info["arrays"].items()}
-    compressor = next(iter(info["arrays"].values()))["compressor"]
-    dst.add_inputs(name, arrays, info["spec"], compressor=compressor)
-    dst.store.set_attrs(f"inputs/{name}", src.store.get_attrs(f"inputs/{name}"))  # added_at/by kept
-    for p in sorted(src.inputs_done(name)):
-        start, stop = src.partition_range(p)
-        dst.write_inputs_partition(p, name, {a: src.store.read(f"inputs/{name}/{a}", start, stop) for a in arrays})
+            progress(p + 1, src.num_partitions)
 
 
 def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
     if src.meta != dst.meta or src.max_invalid_fraction != dst.max_invalid_fraction:
         raise CacheError(f"{dst.path}: root metadata differs from {src.path} after copy")
-    for node in ("index/sample_id", "index/label", "index/valid"):
-        if not _same(src.store.read(node, 0, src.rows), dst.store.read(node, 0, dst.rows)):
-            raise CacheError(f"{dst.path}: {node} differs from {src.path} after copy")
+    for what in ("sample_ids", "labels", "valid"):
+        if not _same(getattr(src, what), getattr(dst, what)):
+            raise CacheError(f"{dst.path}: index {what} differs from {src.path} after copy")
+    keys = ("fingerprint", "spec", "dim", "dtype", "shape")
     for name in src.teachers:
         a, b = src.teacher_info(name), dst.teacher_info(name)
-        if {k: a[k] for k in ("fingerprint", "spec", "dim", "dtype", "shape")} != \
-           {k: b[k] for k in ("fingerprint", "spec", "dim", "dtype", "shape")}:
+        if {k: a[k] for k in keys} != {k: b[k] for k in keys}:
             raise CacheError(f"{dst.path}: teacher {name!r} metadata differs from {src.path} after copy")
-    src_m = {k: v["checksum"] for k, v in src.store.markers().items()}
-    dst_m = {k: v["checksum"] for k, v in dst.store.markers().items()}
-    if src_m != dst_m:
+    src_m, dst_m = src.store.markers(), dst.store.markers()
+    sums = [{(part.key, p): doc["checksum"] for part in cache.parts() for p, doc in part.markers(m).items()}
+            for cache, m in ((src, src_m), (dst, dst_m))]
+    if sums[0] != sums[1]:
         raise CacheError(f"{dst.path}: partition checksums differ from {src.path} after copy")
 
 
@@ -103,15 +88,9 @@ def _write_copy(src_path: str, path: str, backend: str, compressor: str | None, 
                                   split=src.split, source=src.source, backend=backend, overwrite=overwrite,
                                   source_index=src.source_index())
         try:
-            dst.store.set_attrs("", {ROOT_KEY: src.meta})
-            dst.store.set_attrs("index", src.store.get_attrs("index"))  # the invalid-row budget
-            for name in src.teachers:
-                info = src.teacher_info(name)
-                dst.add_teacher(name, info["dim"], info["spec"], dtype=info["dtype"],
-                                compressor=compressor or info["compressor"],
-                                teacher_fingerprint=info["fingerprint"])
-                dst.store.set_attrs(f"teachers/{name}", src.store.get_attrs(f"teachers/{name}"))
-            dst = FeatureCache(dst.store)  # re-read the copied root metadata
+            dst.update_meta(src.meta, replace=True)
+            for part in src.parts():  # the index's description (its budget), each teacher's, each input set's
+                dst.add_like(part, compressor)
             _copy_partitions(src, dst, progress)
             _check_equal(src, dst)
         finally:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .cache import INDEX_PART, FeatureCache
+from .cache import FeatureCache
 from .errors import CacheError
 from featcache.plumbing.errors import UsageError
 from featcache.plumbing.paths import resolve_path
@@ -91,7 +91,7 @@ def text_spec(tokenizer: Tokenizer, max_length: int) -> dict[str, Any]:
 
 def view_digest(cache: FeatureCache) -> str:
     """SHA-256 of the views each row's image inputs are cut from: the view count, the parameter
-    names, and the recorded ``views/params`` (a store without them renders the eval view).
+    names, and the recorded view parameters (a store without them renders the eval view).
 
     Matched by ``find_matching`` against the store as it is now, so inputs cut from other views
     than the store records (an index rewritten, or a set copied from another store with the same
@@ -179,7 +179,7 @@ def free_name(cache: FeatureCache, spec: dict[str, Any]) -> str:
 def _views_of(cache: FeatureCache, start: int, stop: int) -> np.ndarray:
     """(rows, K, P) view parameters of rows start:stop (the eval view when the store records none)."""
     if cache.view_param_names:
-        return cache.store.read("views/params", start, stop)
+        return cache.view_params[start:stop]
     return np.tile(EVAL_VIEW, (stop - start, cache.views, 1))
 
 
@@ -193,7 +193,7 @@ def render_row(source: Source, row: int, params: np.ndarray, spec: dict[str, Any
 def render_partition(cache: FeatureCache, source: Source, p: int, spec: dict[str, Any],
                      pool: ThreadPoolExecutor) -> np.ndarray:
     start, stop = cache.partition_range(p)
-    valid = cache.store.read("index/valid", start, stop)
+    valid = cache.valid[start:stop]
     params = _views_of(cache, start, stop)
     size = spec["size"]
     out = np.zeros((stop - start, cache.views, size, size, 3), np.uint8)
@@ -224,7 +224,7 @@ class InputsSummary:
 def _tokenize_partition(cache: FeatureCache, source: Source, p: int, tokenizer: Tokenizer,
                         max_length: int) -> dict[str, np.ndarray]:
     start, stop = cache.partition_range(p)
-    valid = cache.store.read("index/valid", start, stop)
+    valid = cache.valid[start:stop]
     ids = np.full((stop - start, max_length), tokenizer.pad_id, np.int32)
     lengths = np.zeros(stop - start, np.int32)
     rows = np.flatnonzero(valid)
@@ -247,9 +247,9 @@ def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filt
         raise UsageError(f"{cache.path}: an image store: give the student's image size (--size)")
     if source.modality == "text" and not tokenizer:
         raise UsageError(f"{cache.path}: a text store: give the student's tokenizer directory (--tokenizer)")
-    missing = cache.missing_partitions().get(INDEX_PART)
+    missing = cache.num_partitions - len(cache.index.done())
     if missing:
-        raise CacheError(f"{cache.path}: the index has {len(missing)} of {cache.num_partitions} partitions missing; "
+        raise CacheError(f"{cache.path}: the index has {missing} of {cache.num_partitions} partitions missing; "
                          "finish the extraction first (the view parameters come from it)")
     if source.modality == "text":
         tok = Tokenizer(tokenizer)
@@ -265,7 +265,7 @@ def cache_inputs(cache: FeatureCache, source: Source, size: int = 0, resize_filt
         make = lambda p, pool: {"pixels": render_partition(cache, source, p, spec, pool)}  # noqa: E731
     name = name or free_name(cache, spec)
     cache.add_inputs(name, arrays, spec, compressor=compressor)
-    done = cache.inputs_done(name)
+    done = cache.input_set(name).done()
     todo = [p for p in range(cache.num_partitions) if p not in done]
     t0, rows = time.time(), 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

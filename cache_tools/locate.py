@@ -10,7 +10,7 @@ from featcache.plumbing.errors import UsageError
 from ._hdf5 import HDF5_SIGNATURE, HDF5Store
 from ._zarr import ZarrStore
 from .errors import CacheNotFoundError
-from .store import Store
+from .store import Capabilities, Store
 
 BACKENDS = ("zarr", "hdf5")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -33,6 +33,15 @@ def detect_backend(path: str) -> str:
     if not _is_url(path) and path.endswith(HDF5_SUFFIXES) and not os.path.isdir(path):
         return "hdf5"
     return "zarr"
+
+
+def capabilities_of(path: str, backend: str | None = None) -> Capabilities:
+    """What the backend of ``path`` (or ``backend``) allows, before any store is opened."""
+    name = backend or detect_backend(path)
+    classes = {"zarr": ZarrStore, "hdf5": HDF5Store}
+    if name not in classes:
+        raise UsageError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return classes[name].capabilities
 
 
 def open_backend(path: str, *, read_only: bool = True, create: bool = False, overwrite: bool = False,

@@ -176,8 +176,8 @@ def _write_subset(out: str, src: FeatureCache, rows: np.ndarray, *, keep_labels:
         more = {"view_params": params[a:b]} if params is not None else {}
         dst.write_partition(p, features=feats, valid=valid[a:b], **more)
     if extra:
-        dst.store.set_attrs("", {"featcache": {**dst.meta, **extra}})
-    return FeatureCache(dst.store)
+        dst.update_meta(extra)
+    return dst
 
 
 def labeled_subset(src: FeatureCache, per_class: int, seed: int = 0) -> np.ndarray:

@@ -25,6 +25,16 @@ COMPRESSORS = ("none", "lz4")
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend allows. Callers ask it (``store.capabilities``, or ``locate.capabilities_of``
+    before a store is opened) instead of comparing backend names, as zarr-python's stores answer
+    ``supports_writes`` and ``supports_listing``."""
+
+    concurrent_writers: bool  # several processes may write different parts and partitions at once
+    readers_while_writing: bool  # a reader may open the store while a writer holds it
+
+
+@dataclass(frozen=True)
 class ArrayMeta:
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name, or STR_DTYPE
@@ -47,6 +57,7 @@ class Store(abc.ABC):
     """One store on one medium. ``read_only`` is checked before any change."""
 
     backend: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
 
     def __init__(self, path: str, *, read_only: bool) -> None:
         self.path = path

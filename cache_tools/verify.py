@@ -11,11 +11,12 @@ from typing import Any
 from featcache.rawdata.identity import dataset_fingerprint
 from featcache.rawdata.tar_shards import members_fingerprint
 
-from .cache import (BUDGET_HINT, INDEX_PART, INPUTS_KEY, SOURCE_GROUP, TEACHER_KEY, FeatureCache, _index_checksum,
-                    _nonfinite, inputs_checksum, read_source_index)
+from . import source_index
+from .cache import BUDGET_HINT, FeatureCache
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
-from .fingerprint import array_checksum, fingerprint, short_pair
+from .fingerprint import short_pair
 from .locate import open_backend
+from .parts import IndexPart, InputsPart, Part, TeacherPart
 from .store import UNREADABLE, Store
 
 
@@ -42,112 +43,58 @@ def _why(exc: BaseException, path: str = "") -> str:
     return text[len(path) + 2:] if path and text.startswith(f"{path}: ") else text
 
 
-def _read_part(cache: FeatureCache, part: str, start: int, stop: int) -> tuple[str, dict[str, int]]:
-    if part == INDEX_PART:
-        valid = cache.store.read("index/valid", start, stop)
-        params = cache.store.read("views/params", start, stop) if cache.view_param_names else None
-        return _index_checksum(valid, params), {"invalid": int((~valid.astype(bool)).sum())}
-    if part.startswith("inputs/"):
-        arrays = cache.store.get_attrs(part)[INPUTS_KEY]["arrays"]
-        return inputs_checksum({a: cache.store.read(f"{part}/{a}", start, stop) for a in arrays}), {}
-    values = cache.store.read(f"teachers/{part}/features", start, stop)
-    return array_checksum(values), _nonfinite(values)
-
-
 def partition_problem(cache: FeatureCache, part: str, p: int, marker: dict[str, Any]) -> tuple[str | None, dict]:
-    """Why partition ``p`` of ``part`` does not match its (trusted) marker, or None; and the
-    NaN/inf (or invalid-row) counts found in its bytes."""
-    where = f"{part} partition {p}" if part != INDEX_PART else f"index partition {p}"
-    start, stop = cache.partition_range(p)
-    if (marker.get("start"), marker.get("stop"), marker.get("rows")) != (start, stop, stop - start):
-        return (f"{where}: marker covers rows {marker.get('start')}:{marker.get('stop')} ({marker.get('rows')} rows), "
-                f"expected {start}:{stop}"), {}
+    """Why partition ``p`` of the part ``part`` (its marker key) does not match its (trusted)
+    marker, or None; and the NaN/inf (or invalid-row) counts found in its bytes."""
+    return cache.part(part).check(p, marker)
+
+
+def _parts(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> list[Part]:
+    """The index, every teacher and input set, including those whose description is damaged (the
+    document check names it), so their partitions are still checked."""
     try:
-        checksum, counts = _read_part(cache, part, start, stop)
-    except Exception as exc:  # noqa: BLE001 - whatever damaged bytes raise is a finding, not a crash
-        return f"{where}: unreadable ({_why(exc, cache.path)})", {}
-    if checksum != marker.get("checksum"):
-        return (f"{where}: checksum mismatch (rows {start}:{stop}; expected %s, found %s)"
-                % short_pair(marker.get("checksum"), checksum)), counts
-    recorded = {k: marker.get(k) for k in counts}
-    if recorded != counts:
-        return f"{where}: marker records {recorded}, the rows hold {counts}", counts
-    return None, counts
-
-
-def _teacher_names(cache: FeatureCache, damaged: set[str]) -> list[str]:
-    """The teachers, including one whose document is damaged (the document check names it),
-    so its partitions are still checked."""
-    store = cache.store
-    names = store.children("teachers") if "teachers" in store.children("") else []
-    out = []
-    for name in names:
-        try:
-            if f"teachers/{name}" in damaged or TEACHER_KEY in store.get_attrs(f"teachers/{name}"):
-                out.append(name)
-        except Exception:  # noqa: BLE001
-            out.append(name)
-    return out
-
-
-def _part_nodes(part: str) -> set[str]:
-    """The documents a part's partitions are read through."""
-    if part == INDEX_PART:
-        return {"", "index", "index/valid", "views", "views/params"}
-    if part.startswith("inputs/"):
-        return {"", "inputs", part, f"{part}/pixels", f"{part}/ids", f"{part}/lengths"}
-    return {"", "teachers", f"teachers/{part}", f"teachers/{part}/features"}
-
-
-def _input_parts(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> list[str]:
-    """``inputs/<name>`` of each cached input set (`featcache-cache inputs`)."""
-    try:
-        names = cache.store.children("inputs") if "inputs" in cache.store.children("") else []
-        return [f"inputs/{n}" for n in names if f"inputs/{n}" in damaged
-                or INPUTS_KEY in cache.store.get_attrs(f"inputs/{n}")]
+        return cache.parts(damaged=damaged)
     except Exception as exc:  # noqa: BLE001
-        report.problems.append(f"inputs: do not list ({_why(exc, cache.path)})")
-        return []
+        report.problems.append(f"teachers or inputs: do not list ({_why(exc, cache.path)})")
+        return [cache.index]
 
 
-def _check_partitions(cache: FeatureCache, teachers: list[str], markers: dict[str, dict[str, Any]],
+def _check_partitions(cache: FeatureCache, parts: list[Part], markers: dict[str, dict[str, Any]],
                       damaged: set[str], report: VerifyReport) -> None:
     """Markers, then partitions; a part read through a damaged document is not read (that
     document's own line says why), so one change gives one line."""
-    inputs = _input_parts(cache, damaged, report)
-    parts = [INDEX_PART, *teachers, *inputs]
+    keys = {part.key for part in parts}
     for key, doc in sorted(markers.items()):
-        part, _, num = key.rpartition("/")
-        if UNREADABLE in doc and not (part in parts and num.isdigit()):
+        part_key, _, num = key.rpartition("/")
+        if UNREADABLE in doc and not (part_key in keys and num.isdigit()):
             report.problems.append(f"marker {key}: {doc[UNREADABLE]}")
-        elif part not in parts or not num.isdigit() or int(num) >= cache.num_partitions:
+        elif part_key not in keys or not num.isdigit() or int(num) >= cache.num_partitions:
             report.problems.append(f"marker {key}: not a partition of this store")
         elif (problem := cache.marker_problem(key, doc)) is not None:
             report.problems.append(f"{problem}; its partition is not checked and counts as not done")
         report.documents_checked += 1
     for part in parts:
-        if _part_nodes(part) & damaged:
+        if part.nodes() & damaged:
             continue
         for p in range(cache.num_partitions):
             report.partitions_checked += 1
-            key = f"{part}/{p:06d}"
-            if key not in markers and part in inputs:
+            key = part.marker_key(p)
+            if key not in markers and isinstance(part, InputsPart):
                 continue  # an input set still being written is incomplete, not damaged (noted below)
             if key not in markers:
-                report.problems.append(f"{part if part != INDEX_PART else 'index'} partition {p}: "
-                                       "missing (no done marker)")
+                report.problems.append(f"{part.label} partition {p}: missing (no done marker)")
                 continue
             if cache.marker_problem(key, markers[key]) is not None:
                 continue  # reported above
-            problem, counts = partition_problem(cache, part, p, markers[key])
+            problem, counts = part.check(p, markers[key])
             if problem:
                 report.problems.append(problem)
-            if part != INDEX_PART and counts:
-                totals = report.nonfinite.setdefault(part, {"nan": 0, "inf": 0})
+            if isinstance(part, TeacherPart) and counts:
+                totals = report.nonfinite.setdefault(part.key, {"nan": 0, "inf": 0})
                 totals["nan"] += counts["nan"]
                 totals["inf"] += counts["inf"]
                 if counts["nan"] or counts["inf"]:
-                    report.problems.append(f"{part} partition {p}: {counts['nan']} NaN and {counts['inf']} inf values")
+                    report.problems.append(f"{part.key} partition {p}: {counts['nan']} NaN and {counts['inf']} inf values")
 
 
 def _nodes(store: Store, node: str, report: VerifyReport) -> list[str]:
@@ -192,19 +139,16 @@ def _check_documents(store: Store, expect_checksums: bool, report: VerifyReport)
     return damaged
 
 
-def _check_teachers(cache: FeatureCache, teachers: list[str], damaged: set[str], report: VerifyReport) -> None:
-    for name in teachers:
-        if f"teachers/{name}" in damaged:
+def _check_teachers(parts: list[Part], damaged: set[str], report: VerifyReport) -> None:
+    for part in parts:
+        if not isinstance(part, TeacherPart) or part.node in damaged:
             continue
         try:
-            doc = cache.store.get_attrs(f"teachers/{name}")[TEACHER_KEY]
-            found = fingerprint({**doc["spec"], "dim": int(doc["dim"]), "dtype": doc["dtype"]})
+            problem = part.fingerprint_problem()
         except Exception as exc:  # noqa: BLE001
-            report.problems.append(f"teachers/{name}: description unreadable ({_why(exc, cache.path)})")
-            continue
-        if found != doc.get("fingerprint"):
-            report.problems.append(f"teachers/{name}: fingerprint {str(doc.get('fingerprint'))[:12]} is not the "
-                                   f"hash of its recorded spec ({found[:12]})")
+            problem = f"{part.node}: description unreadable ({_why(exc, part.store.path)})"
+        if problem:
+            report.problems.append(problem)
 
 
 def _recorded_fingerprints(source: dict[str, Any]) -> dict[str, str] | None:
@@ -218,15 +162,11 @@ def _recorded_fingerprints(source: dict[str, Any]) -> dict[str, str] | None:
 def _check_source_index(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> None:
     """The stored shard index: its bytes against their sha256, and each shard's members against
     the fingerprint the source description records (so a reopen can trust its offsets)."""
-    if SOURCE_GROUP in damaged:
-        return
     try:
         doc = cache.source_index_doc()
-        if doc is None:
+        if doc is None or source_index.nodes(doc) & damaged:
             return
-        if str(doc.get("node")) in damaged:
-            return
-        index = read_source_index(cache.store, doc)
+        index = cache.source_index(strict=True)
     except Exception as exc:  # noqa: BLE001 - damaged bytes are a finding
         report.problems.append(f"source index: unreadable ({_why(exc, cache.path)})")
         return
@@ -251,14 +191,10 @@ def _check_source_index(cache: FeatureCache, damaged: set[str], report: VerifyRe
 def verify(cache: FeatureCache) -> VerifyReport:
     report = VerifyReport(cache.path)
     damaged = _check_documents(cache.store, cache.has_doc_checksums, report)
-    try:
-        teachers = _teacher_names(cache, damaged)
-    except Exception as exc:  # noqa: BLE001
-        report.problems.append(f"teachers: do not list ({_why(exc, cache.path)})")
-        teachers = []
-    _check_teachers(cache, teachers, damaged, report)
+    parts = _parts(cache, damaged, report)
+    _check_teachers(parts, damaged, report)
     _check_source_index(cache, damaged, report)
-    if not {"", "index", "index/sample_id", "index/label"} & damaged:
+    if not IndexPart.id_nodes() & damaged:
         try:
             found = dataset_fingerprint(cache.sample_ids, cache.labels)
             if found != cache.dataset_fingerprint:
@@ -271,20 +207,18 @@ def verify(cache: FeatureCache) -> VerifyReport:
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"markers: unreadable ({_why(exc, cache.path)})")
         return report
-    _check_partitions(cache, teachers, markers, damaged, report)
-    if not {"index", *_part_nodes(INDEX_PART)} & damaged:
+    _check_partitions(cache, parts, markers, damaged, report)
+    if not cache.index.nodes() & damaged:
         try:
             over = cache.budget_problem()
         except Exception as exc:  # noqa: BLE001
             over = f"invalid-row budget unreadable ({_why(exc, cache.path)})"
         if over:
             report.problems.append(f"index: {over}; {BUDGET_HINT}")
-    inputs = _input_parts(cache, damaged, report)
-    trusted = cache.trusted_done(inputs)
-    for part in inputs:
-        done = len(trusted[part])
+    for part in parts:
+        done = len(part.done(markers)) if isinstance(part, InputsPart) else cache.num_partitions
         if done < cache.num_partitions:
-            report.notes.append(f"{part}: {done} of {cache.num_partitions} partitions written (incomplete: "
+            report.notes.append(f"{part.label}: {done} of {cache.num_partitions} partitions written (incomplete: "
                                 "stage 2 decodes the raw inputs instead)")
     return report
 
@@ -350,7 +284,7 @@ def recheck_newest(cache: FeatureCache) -> tuple[list[str], list[str]]:
     problems = []
     for key in checked:
         part, _, num = key.rpartition("/")
-        problem, _ = partition_problem(cache, part, int(num), markers[key])
+        problem, _ = cache.part(part).check(int(num), markers[key])
         if problem:
             cache.store.delete_marker(key)
             problems.append(problem)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from featcache.cache_tools import INDEX_PART, CacheError, FeatureCache
-from featcache.cache_tools.locate import detect_backend
+from featcache.cache_tools import CacheError, FeatureCache
+from featcache.cache_tools.locate import capabilities_of, detect_backend
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.distributed import Dist, all_sum, barrier, patient_group, setup, teardown
@@ -102,7 +102,7 @@ def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, t
     return its invalid row count."""
     a, b = cache.partition_range(p)
     need = [t for t in teachers if p not in done[t.name]]
-    index_done = p in done[INDEX_PART]
+    index_done = p in done[cache.index.key]
     k = cfg.views
     valid = cache.valid[a:b].copy() if index_done else np.ones(b - a, bool)
     params = (cache.view_params[a:b].copy() if index_done and k > 1 else
@@ -139,11 +139,7 @@ def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, t
 
 def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
     """Every invalid row's id and reason, in row order (the index markers keep them by id)."""
-    reasons: dict[str, str] = {}
-    for key, doc in cache.store.markers().items():
-        notes = doc.get("notes") if key.startswith(f"{INDEX_PART}/") else None
-        if isinstance(notes, dict) and isinstance(notes.get("invalid"), dict):
-            reasons.update(notes["invalid"])
+    reasons = cache.index.invalid_reasons()
     row_of = {sid: i for i, sid in enumerate(cache.sample_ids) if sid in reasons}
     lines = [f"{sid}\t{reasons[sid]}" for sid in sorted(reasons, key=lambda sid: (row_of.get(sid, cache.rows), sid))]
     if not lines:
@@ -175,8 +171,9 @@ def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> 
 
 
 def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
-    if dist_.world > 1 and (backend_of(cfg) or detect_backend(cfg.output.store)) == "hdf5":
-        raise ConfigError("output.backend: HDF5 allows one writer; use Zarr under torchrun")
+    if dist_.world > 1 and not capabilities_of(cfg.output.store, backend_of(cfg)).concurrent_writers:
+        raise ConfigError(f"output.backend: {backend_of(cfg) or detect_backend(cfg.output.store)} allows one writer "
+                          "per store; use Zarr under torchrun")
     waiting = patient_group(MAIN_RANK_WAIT) if dist_.world > 1 else None
     if dist_.is_main:
         source, teachers = open_on_main(cfg, add_teacher, dist_, log)
@@ -185,9 +182,10 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
         source, teachers = open_on_other_rank(cfg, dist_)
     report_other_ranks(source, dist_, log)
     cache = FeatureCache.open(cfg.output.store, mode="r+", backend=backend_of(cfg))
-    done = cache.done_partitions()  # read once: during the run each partition has one writer, this process
-    # only this run's parts: another process may be adding its own teacher to the store right now
-    ours = [INDEX_PART, *(t.name for t in teachers)]
+    # only this run's parts: another process may be adding its own teacher to the store right now;
+    # markers read once: during the run each partition has one writer, this process
+    ours = [cache.index.key, *(cache.teacher(t.name).key for t in teachers)]
+    done = cache.trusted_done(ours)
     todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
     mine = [p for p in todo if p % dist_.world == dist_.rank]
     skipped = cache.num_partitions - len(todo)
@@ -212,6 +210,6 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
     logged = _write_invalid_log(final, invalid_log_path(cfg.output.store)) if dist_.is_main else None
     rows_done = int(all_sum(torch.tensor([rows_mine], dtype=torch.int64)).item())
     summary = Summary(final.path, final.rows, int(final.valid.sum()), {t.name: t.dim for t in teachers},
-                      rows_done, seconds, final.store.size_on_disk(), final.is_complete, logged)
+                      rows_done, seconds, final.size_on_disk(), final.is_complete, logged)
     final.close()
     return summary

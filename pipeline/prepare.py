@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from featcache.cache_tools import INDEX_PART, CacheError, CacheNotFoundError, FeatureCache, FingerprintMismatch, \
+from featcache.cache_tools import CacheNotFoundError, FeatureCache, FingerprintMismatch, \
     dataset_fingerprint
 from featcache.cache_tools.verify import recheck_newest
 from featcache.plumbing import storage
@@ -82,7 +82,7 @@ def _existing_store(cfg: ExtractConfig, backend: str | None) -> FeatureCache | N
     try:
         return FeatureCache.open(out.store, mode="r+", backend=backend)
     except CacheNotFoundError:
-        if not _cut_off_creation(out.store, backend):
+        if not FeatureCache.creation_cut_off(out.store, backend):
             raise UsageError(f"{out.store}: exists and is not a featcache store; "
                              "choose another output.store") from None
         return None
@@ -200,20 +200,10 @@ def _recheck_last_written(cache: FeatureCache, log) -> None:
            if problems else "all match their markers"))
 
 
-def _cut_off_creation(path: str, backend: str | None) -> bool:
-    """True when ``path`` holds the first arrays of a featcache store but not yet its attributes."""
-    from featcache.cache_tools.locate import open_backend
-    try:
-        with open_backend(path, read_only=True, backend=backend) as store:
-            return "sample_id" in store.children("index")
-    except (CacheError, KeyError, OSError, ValueError):
-        return False
-
-
 def _check_or_add_teachers(cache: FeatureCache, cfg: ExtractConfig, teachers: list[Teacher],
                            add_teacher: bool) -> None:
     present = set(cache.teachers)
-    started = bool(present) and any(cache.done_partitions()[INDEX_PART])
+    started = bool(present) and bool(cache.index.done())
     new = [t.name for t in teachers if t.name not in present]
     if new and started and not add_teacher:
         raise FingerprintMismatch(

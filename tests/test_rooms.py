@@ -83,3 +83,64 @@ def test_store_inputs_and_plumbing_know_no_models(room):
     for path in _modules(room):
         text = open(path).read()
         assert "torch.nn" not in text and "torch.optim" not in text, path
+
+
+# The store's format: the only modules that know its node paths, marker keys and backends' names.
+FORMAT_MODULES = {os.path.join("cache_tools", f"{m}.py") for m in (
+    "__init__", "cache", "layout", "parts", "source_index", "store", "_zarr", "_hdf5", "_memory", "locate", "fingerprint",
+    "errors")}
+NODE_LITERALS = ("index/sample_id", "index/label", "index/valid", "views/params", "_partitions/", "/features",
+                 "_index/", "featcache_teacher", "featcache_inputs", "featcache_index", "featcache_source_index")
+WHOLE_LITERALS = {"_partitions", "_index", "teachers", "inputs", "index", "views", "source"}  # as a node: a group
+BACKEND_NAMES = {"zarr", "hdf5", "memory"}
+
+
+def _outside_the_format() -> list[str]:
+    return [path for room in BELOW for path in _modules(room)
+            if os.path.relpath(path, ROOT) not in FORMAT_MODULES]
+
+
+def _is_node_argument(node: ast.AST, parents: dict) -> bool:
+    """A group's name passed to a store call (``children("teachers")``, ``get_attrs("index")``)."""
+    call = parents.get(node)
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in (
+        "children", "get_attrs", "set_attrs", "read", "write", "array_meta", "node_doc", "doc_problem", "take",
+        "create_array", "put_marker", "delete_marker")
+
+
+def test_nothing_outside_the_format_reads_node_paths_or_private_helpers():
+    """verify, convert, retrieve, inputs, the reader, extraction and training go through the parts
+    (``FeatureCache`` and ``parts.py``): a node path, a marker key's prefix, or an underscore name
+    imported from cache_tools anywhere else is a second copy of the schema, and copies drift."""
+    wrong = []
+    for path in _outside_the_format():
+        rel = os.path.relpath(path, ROOT)
+        tree = ast.parse(open(path).read(), path)
+        parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                wrong += [f"{rel}:{node.lineno} names the node {lit!r}" for lit in NODE_LITERALS if lit in node.value]
+                if node.value in WHOLE_LITERALS and _is_node_argument(node, parents):
+                    wrong.append(f"{rel}:{node.lineno} names the group {node.value!r}")
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                inside = (node.level and rel.startswith("cache_tools")) or module.startswith("featcache.cache_tools")
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if inside and (private or any(p.startswith("_") for p in module.split("."))):
+                    wrong.append(f"{rel}:{node.lineno} imports private {module} {private}")
+            elif isinstance(node, ast.Attribute) and node.attr in ("_take_rows", "_index", "_features_node"):
+                wrong.append(f"{rel}:{node.lineno} uses the private {node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_callers_ask_backends_for_capabilities_not_their_names():
+    """A backend says what it allows (``Store.capabilities``); comparing its name (``== "hdf5"``)
+    outside the format would miss the next backend."""
+    wrong = []
+    for path in _outside_the_format():
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Compare):
+                names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                if set(names) & BACKEND_NAMES:
+                    wrong.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} compares a backend's name")
+    assert not wrong, "\n".join(wrong)
