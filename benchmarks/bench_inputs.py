@@ -41,7 +41,8 @@ from featcache.rawdata import fashion_mnist, image_folder, source_of
 from featcache.rawdata.views import VIEW_PARAMS, sample_view
 from featcache.train.config import TrainConfig
 from featcache.train.data import FeatureBank, build_splits
-from featcache.train.loop import Learner, make_optimizer, prepare_inputs, train_batches
+from featcache.train.batches import prepare_inputs, train_batches
+from featcache.train.loop import Learner, make_optimizer
 from featcache.train.losses import AFT
 from featcache.train.students import StudentSpec, build_student
 

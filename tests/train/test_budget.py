@@ -9,7 +9,9 @@ import torch
 
 from featcache.plumbing.config import ConfigError, load_config
 from featcache.train.config import TrainConfig
-from featcache.train.loop import endless_pairs, run, val_trend
+from featcache.train.batches import endless_pairs
+from featcache.train.evaluation import val_trend
+from featcache.train.loop import run
 from featcache.train.methods.aft import AFTMethod
 
 from train_helpers import build_store  # noqa: E402

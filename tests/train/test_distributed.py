@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from featcache.plumbing.distributed import Dist
-from featcache.train.loop import shard_rows, steps_per_epoch
+from featcache.train.batches import shard_rows, steps_per_epoch
 
 from train_helpers import write_config  # noqa: E402
 
@@ -86,7 +86,8 @@ def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
     from featcache.plumbing.config import load_config
     from featcache.train.config import TrainConfig
     from featcache.train.data import build_splits
-    from featcache.train.loop import Learner, evaluate
+    from featcache.train.evaluation import evaluate
+    from featcache.train.loop import Learner
     from featcache.train.losses import MethodLoss
     from featcache.train.students import StudentSpec, build_student
 

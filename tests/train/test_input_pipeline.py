@@ -11,7 +11,8 @@ from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.inputs import cache_inputs
 from featcache.rawdata import source_of
 from featcache.train.data import FeatureBank, build_splits, describe_inputs
-from featcache.train.loop import run, train_batches
+from featcache.train.batches import train_batches
+from featcache.train.loop import run
 
 from train_helpers import build_store  # noqa: E402
 from test_loop import cfg_for  # noqa: E402
@@ -67,7 +68,7 @@ def test_a_batch_is_the_same_pixels_cached_or_decoded(viewed):
     for a, b in zip(batches["auto"], batches["off"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the CUDA path ships uint8 and normalises on the device: the same values
-    from featcache.train.loop import prepare_inputs
+    from featcache.train.batches import prepare_inputs
 
     ids = tr.rows[:16]
     u8 = tr.inputs.batch(ids, normalize=False)

@@ -46,7 +46,7 @@ def test_aft_beats_stl_with_few_labels(synth, tmp_path):
 
 def test_unlabeled_rows_join_the_feature_term_but_never_their_labels(synth, tmp_path):
     from featcache.train.data import FeatureBank, build_splits
-    from featcache.train.loop import train_batches
+    from featcache.train.batches import train_batches
 
     train, test = synth
     cfg = cfg_for(train, test, tmp_path, data={"unlabeled_per_batch": 16, "val_fraction": 0.1})
