@@ -1,27 +1,12 @@
-"""The featcache store: a facade over its parts (see ``parts.py``) on any backend.
+"""The featcache store: a facade over its parts on any backend.
 
-Layout (one store = one dataset split)::
-
-    /                          attrs["featcache"]: format version, rows, views, view param
-                               names, partition rows, dataset fingerprint, split, source,
-                               created_by, created_at
-    /index/sample_id  (N,)     str     stable id of each row
-    /index/label      (N,)     int64   -1 where unlabeled
-    /index/valid      (N,)     bool    False where the input could not be decoded
-    /views/params     (N,K,P)  float32 augmentation parameters (only when P > 0)
-    /teachers/<name>           attrs["featcache_teacher"]: dim, dtype, fingerprint, spec
-    /teachers/<name>/features  (N,K,D) or (N,D) when K = 1
-    /inputs/<name>             attrs["featcache_inputs"]: fingerprint, spec, array names
-    /inputs/<name>/<array>     (N, ...) a student's inputs (pixels: (N,K,H,W,C) or (N,H,W,C) uint8)
-    /source                    the source's reopen index (``source_index.py``)
-    done markers "<part>/<partition>" (part: _index, a teacher, or inputs/<name>) with row range, count, checksum, NaN/inf counts, written_at
-
-The geometry is a ``Layout``; the index, each teacher and each cached input set is a part
-(``IndexPart``, ``TeacherPart``, ``InputsPart``) that owns its nodes, checksum and markers and
-follows one protocol: data written and synced first, its done marker last, a marker trusted only
-if it passes ``marker_problem``. Every document (node attributes, array metadata, markers)
-carries ``doc_checksum`` (see ``Store.set_attrs``). ``FeatureCache`` opens and creates stores,
-lists their parts, and keeps the methods the stages call, each a delegation to a part.
+One store = one dataset split. The root document (``attrs["featcache"]``) records the format
+version, the ``Layout`` (rows, views, view parameter names, partition rows), the dataset
+fingerprint, split, source and provenance. Everything held by partition is a part that owns its
+nodes, checksum and done markers (``parts.py``: ``IndexPart``, ``TeacherPart``, ``InputsPart``);
+the source's reopen index is ``source_index.py``; docs/store-format.md draws the whole tree.
+``FeatureCache`` opens and creates stores, lists their parts, and keeps the methods the stages
+call, each a delegation to a part.
 """
 
 from __future__ import annotations
@@ -135,15 +120,6 @@ class FeatureCache:
         store's as written (``convert``); read back as a reopen would."""
         self.store.set_attrs("", {ROOT_KEY: dict(extra) if replace else {**self.meta, **extra}})
         self._load()
-
-    @staticmethod
-    def creation_cut_off(path: str, backend: str | None = None) -> bool:
-        """True when ``path`` holds the first arrays of a featcache store but not yet its attributes."""
-        try:
-            with open_backend(path, read_only=True, backend=backend) as store:
-                return "sample_id" in store.children("index")
-        except (CacheError, KeyError, OSError, ValueError):
-            return False
 
     def close(self) -> None:
         self.store.close()
@@ -268,20 +244,6 @@ class FeatureCache:
         InputsPart.add(self.store, self.layout, name, plain, spec, compressor=compressor, fp=fp)
         return fp
 
-    def add_like(self, part: Part, compressor: str | None = None) -> Part:
-        """``part`` of another store, here: the same description and fingerprint (``added_at`` kept), empty."""
-        if isinstance(part, TeacherPart):
-            info = part.info()
-            self.add_teacher(part.name, info["dim"], info["spec"], dtype=info["dtype"],
-                             compressor=compressor or info["compressor"], teacher_fingerprint=info["fingerprint"])
-        elif isinstance(part, InputsPart):
-            info = part.info()
-            arrays = {a: (tuple(m["shape"][1:]), m["dtype"]) for a, m in info["arrays"].items()}
-            self.add_inputs(part.name, arrays, info["spec"], compressor=next(iter(info["arrays"].values()))["compressor"])
-        mine = self.part(part.key)
-        mine.copy_definition(part)  # type: ignore[attr-defined]
-        return mine
-
     def teacher_info(self, name: str) -> dict[str, Any]:
         return self.teacher(name).info()
 
@@ -349,14 +311,7 @@ class FeatureCache:
     def budget_problem(self, fraction: float | None = None) -> str | None:
         """Why the store holds more invalid rows than ``fraction`` (default: the recorded budget)
         allows, as one line; None when within it or when there is no budget."""
-        fraction = self.max_invalid_fraction if fraction is None else fraction
-        if fraction is None:
-            return None
-        invalid = self.invalid_rows()
-        if invalid <= fraction * self.rows:
-            return None
-        return (f"{invalid} of {self.rows} inputs failed to decode, more than max_invalid_fraction={fraction:g} "
-                f"allows ({int(fraction * self.rows)})")
+        return self.index.budget_problem(fraction)
 
     @property
     def is_complete(self) -> bool:

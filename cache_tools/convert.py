@@ -14,7 +14,7 @@ from featcache.plumbing import atomic
 from .cache import FeatureCache
 from .errors import CacheError
 from .locate import detect_backend
-from .parts import IndexPart, TeacherPart
+from .parts import IndexPart, InputsPart, Part, TeacherPart
 
 Progress = Callable[[int, int], None]
 
@@ -40,6 +40,20 @@ def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | 
                     raise CacheError(f"{dst.path}: {part.name} rows {start}:{stop} differ from the source after copy")
         if progress:
             progress(p + 1, src.num_partitions)
+
+
+def _add_like(dst: FeatureCache, part: Part, compressor: str | None) -> None:
+    """``part`` of another store in ``dst``: the same description and fingerprint (``added_at``
+    kept), empty; teachers take ``compressor`` when given."""
+    if isinstance(part, TeacherPart):
+        info = part.info()
+        dst.add_teacher(part.name, info["dim"], info["spec"], dtype=info["dtype"],
+                        compressor=compressor or info["compressor"], teacher_fingerprint=info["fingerprint"])
+    elif isinstance(part, InputsPart):
+        info = part.info()
+        arrays = {a: (tuple(m["shape"][1:]), m["dtype"]) for a, m in info["arrays"].items()}
+        dst.add_inputs(part.name, arrays, info["spec"], compressor=next(iter(info["arrays"].values()))["compressor"])
+    dst.part(part.key).copy_definition(part)  # type: ignore[attr-defined]
 
 
 def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
@@ -90,7 +104,7 @@ def _write_copy(src_path: str, path: str, backend: str, compressor: str | None, 
         try:
             dst.update_meta(src.meta, replace=True)
             for part in src.parts():  # the index's description (its budget), each teacher's, each input set's
-                dst.add_like(part, compressor)
+                _add_like(dst, part, compressor)
             _copy_partitions(src, dst, progress)
             _check_equal(src, dst)
         finally:

@@ -9,7 +9,7 @@ from featcache.plumbing import storage
 from featcache.plumbing.errors import UsageError
 from ._hdf5 import HDF5_SIGNATURE, HDF5Store
 from ._zarr import ZarrStore
-from .errors import CacheNotFoundError
+from .errors import CacheError, CacheNotFoundError
 from .store import Capabilities, Store
 
 BACKENDS = ("zarr", "hdf5")
@@ -58,6 +58,15 @@ def open_backend(path: str, *, read_only: bool = True, create: bool = False, ove
             raise UsageError(f"{path}: the HDF5 backend needs a local file; use backend='zarr' for URLs")
         return HDF5Store(path, read_only=read_only, create=create, overwrite=overwrite)
     raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def creation_cut_off(path: str, backend: str | None = None) -> bool:
+    """True when ``path`` holds the first arrays of a featcache store but not yet its attributes."""
+    try:
+        with open_backend(path, read_only=True, backend=backend) as store:
+            return "sample_id" in store.children("index")
+    except (CacheError, KeyError, OSError, ValueError):
+        return False
 
 
 def find_stores(root: str) -> list[str]:

@@ -309,6 +309,17 @@ class IndexPart(Part):
     def invalid_rows(self, markers: Markers | None = None) -> int:
         return sum(int(doc.get("invalid") or 0) for doc in self.markers(markers).values())
 
+    def budget_problem(self, fraction: float | None = None) -> str | None:
+        """Why more rows are invalid than ``fraction`` (default: the recorded budget) allows, or None."""
+        fraction = self.max_invalid_fraction if fraction is None else fraction
+        if fraction is None:
+            return None
+        invalid, rows = self.invalid_rows(), self.layout.rows
+        if invalid <= fraction * rows:
+            return None
+        return (f"{invalid} of {rows} inputs failed to decode, more than max_invalid_fraction={fraction:g} "
+                f"allows ({int(fraction * rows)})")
+
     def copy_definition(self, other: "IndexPart") -> None:
         """Take ``other``'s description (the budget); the ids and labels were written at creation."""
         self.store.set_attrs("index", other.store.get_attrs("index"))

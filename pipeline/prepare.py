@@ -16,6 +16,7 @@ import torch
 
 from featcache.cache_tools import CacheNotFoundError, FeatureCache, FingerprintMismatch, \
     dataset_fingerprint
+from featcache.cache_tools.locate import creation_cut_off
 from featcache.cache_tools.verify import recheck_newest
 from featcache.plumbing import storage
 from featcache.plumbing.config import ConfigError
@@ -82,7 +83,7 @@ def _existing_store(cfg: ExtractConfig, backend: str | None) -> FeatureCache | N
     try:
         return FeatureCache.open(out.store, mode="r+", backend=backend)
     except CacheNotFoundError:
-        if not FeatureCache.creation_cut_off(out.store, backend):
+        if not creation_cut_off(out.store, backend):
             raise UsageError(f"{out.store}: exists and is not a featcache store; "
                              "choose another output.store") from None
         return None
