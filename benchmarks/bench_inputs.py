@@ -102,7 +102,7 @@ class Bench:
     def __init__(self, store: str, batch: int, steps: int, width: int, device: torch.device) -> None:
         self.store, self.batch, self.steps, self.device = store, batch, steps, device
         base = config(store, "off", 0, batch)
-        self.splits, self.num_classes = build_splits(base.data, base.student)
+        self.splits, self.num_classes = build_splits(base)
         train = self.splits["train"]
         self.bank = FeatureBank(train.cache, (), train.rows, 4.0)
         torch.manual_seed(0)
@@ -112,7 +112,7 @@ class Bench:
 
     def batches(self, cached: str, workers: int):
         cfg = config(self.store, cached, workers, self.batch)
-        train = build_splits(cfg.data, cfg.student)[0]["train"]
+        train = build_splits(cfg)[0]["train"]
         assert (train.inputs.cached is not None) == (cached == "auto"), train.inputs.origin
         return train_batches(train, self.bank, train.rows, self.batch, np.random.default_rng(0),
                              workers=workers, depth=4, device=self.device)

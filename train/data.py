@@ -23,7 +23,7 @@ from featcache.rawdata import Source, source_of
 from featcache.cache_tools.reading import iter_chunk_shuffled
 from featcache.rawdata.views import render_view
 
-from .config import DataConfig, StudentConfig
+from .config import StudentConfig, TrainConfig
 
 GiB = 1 << 30
 
@@ -130,11 +130,11 @@ class Inputs:
         return self.to_model(px) if normalize else px
 
 
-def _wanted(cache: FeatureCache, student: StudentConfig,
-            cfg: DataConfig) -> tuple[dict[str, Any], str, Tokenizer | None]:
+def _wanted(cache: FeatureCache, cfg: TrainConfig) -> tuple[dict[str, Any], str, Tokenizer | None]:
     """The spec of inputs this student reads, the command that caches them, and its tokenizer."""
+    student = cfg.student
     if cache.source.get("modality", "image") == "text":
-        path = tokenizer_path(cfg, student)
+        path = tokenizer_path(cfg)
         if not path:
             raise ConfigError("data.tokenizer: text students need a local tokenizer directory")
         tok = Tokenizer(path)
@@ -144,17 +144,18 @@ def _wanted(cache: FeatureCache, student: StudentConfig,
     return spec, f"featcache-cache inputs {cache.path} --size {student.image_size} --filter {student.resize_filter}", None
 
 
-def tokenizer_path(cfg: DataConfig, student: StudentConfig) -> str:
+def tokenizer_path(cfg: TrainConfig) -> str:
     """data.tokenizer, or a Hugging Face student's own directory: its ids must be the encoder's."""
-    if cfg.tokenizer or not student.name.startswith("hf:"):
-        return cfg.tokenizer
-    return student.name.partition(":")[2]
+    if cfg.data.tokenizer or not cfg.student.name.startswith("hf:"):
+        return cfg.data.tokenizer
+    return cfg.student.name.partition(":")[2]
 
 
-def open_inputs(cache: FeatureCache, student: StudentConfig, cfg: DataConfig) -> Inputs:
+def open_inputs(cache: FeatureCache, train_cfg: TrainConfig) -> Inputs:
     """Cached inputs when the store has a complete set matching the student (and cut from the
     views the store records now: ``find_matching`` checks its view digest), else the raw inputs."""
-    wanted, hint, tok = _wanted(cache, student, cfg)
+    wanted, hint, tok = _wanted(cache, train_cfg)
+    cfg, student = train_cfg.data, train_cfg.student
     made = "decoded from the raw inputs" if wanted["kind"] == "image" else "tokenized from the raw texts"
     if cfg.cached_inputs == "off":
         origin = f"{made} (data.cached_inputs = off)"
@@ -291,16 +292,17 @@ class Split:
         return self.cache.labels[self.rows]
 
 
-def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = False) -> tuple[dict[str, Split], int]:
+def build_splits(train_cfg: TrainConfig, unlabeled: bool = False) -> tuple[dict[str, Split], int]:
     """train / val / test splits and the number of classes.
 
     ``unlabeled``: train on every valid row of the store, labels or not (distillation on a
     transfer set); val and test then come from their own stores (val may be empty).
     """
+    cfg = train_cfg.data
     rng = np.random.default_rng(cfg.split_seed)
-    cache, inputs = open_split_store(cfg.store, cfg, student, teachers=cfg.teachers or None)
+    cache, inputs = open_split_store(cfg.store, train_cfg, teachers=cfg.teachers or None)
     if unlabeled:
-        return _unlabeled_splits(cfg, student, cache, inputs)
+        return _unlabeled_splits(train_cfg, cache, inputs)
     train_rows = cache.labeled_rows()
     if len(train_rows) == 0:
         raise CacheError(f"{cfg.store}: no valid labeled rows to train on")
@@ -308,7 +310,7 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     splits: dict[str, Split] = {}
     for name, path, fraction in (("test", cfg.test_store, cfg.test_fraction), ("val", cfg.val_store, cfg.val_fraction)):
         if path:  # a split of its own
-            splits[name] = store_split(name, path, cfg, student)
+            splits[name] = store_split(name, path, train_cfg)
         else:  # carved out of the training rows with split_seed
             train_rows, carved = carve(train_rows, fraction, rng)
             splits[name] = Split(name, cache, inputs, carved)
@@ -321,28 +323,28 @@ def build_splits(cfg: DataConfig, student: StudentConfig, unlabeled: bool = Fals
     return splits, num_classes
 
 
-def open_split_store(path: str, cfg: DataConfig, student: StudentConfig,
+def open_split_store(path: str, cfg: TrainConfig,
                      teachers: Sequence[str] | None = None) -> tuple[FeatureCache, Inputs]:
     """A complete store and its student inputs (cached, or the raw inputs it was built from)."""
     cache = FeatureCache.open(path)
     require_complete(cache, teachers)  # with teachers named, a teacher another team is adding does not block
-    return cache, open_inputs(cache, student, cfg)
+    return cache, open_inputs(cache, cfg)
 
 
-def store_split(name: str, path: str, cfg: DataConfig, student: StudentConfig) -> Split:
+def store_split(name: str, path: str, cfg: TrainConfig) -> Split:
     """Every valid labeled row of another store, with its own inputs."""
-    cache, inputs = open_split_store(path, cfg, student)
+    cache, inputs = open_split_store(path, cfg)
     return Split(name, cache, inputs, cache.labeled_rows())
 
 
-def _unlabeled_splits(cfg: DataConfig, student: StudentConfig, cache: FeatureCache,
-                      inputs: Inputs) -> tuple[dict[str, Split], int]:
+def _unlabeled_splits(train_cfg: TrainConfig, cache: FeatureCache, inputs: Inputs) -> tuple[dict[str, Split], int]:
+    cfg = train_cfg.data
     if not cfg.test_store:
         raise ConfigError("data.test_store: training on unlabeled rows needs a labeled test store")
     splits = {"train": Split("train", cache, inputs, np.flatnonzero(cache.valid)),
-              "test": store_split("test", cfg.test_store, cfg, student)}
+              "test": store_split("test", cfg.test_store, train_cfg)}
     test = splits["test"]
-    splits["val"] = (store_split("val", cfg.val_store, cfg, student) if cfg.val_store
+    splits["val"] = (store_split("val", cfg.val_store, train_cfg) if cfg.val_store
                      else Split("val", test.cache, test.inputs, np.empty(0, np.int64)))
     classes = splits["test"].cache.source.get("classes") or []
     return splits, max(len(classes), int(splits["test"].cache.labels.max()) + 1)

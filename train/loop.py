@@ -149,7 +149,7 @@ class Model:
 def load_data(cfg: TrainConfig, dist_: Dist, log: Log) -> Data:
     """Splits of the stores, the cached features the method reads, and this process's rows."""
     spec = methods.get(cfg.method.name)
-    splits, num_classes = build_splits(cfg.data, cfg.student, unlabeled=spec.unlabeled)
+    splits, num_classes = build_splits(cfg, unlabeled=spec.unlabeled)
     train = splits["train"]
     bank = FeatureBank(train.cache, cfg.data.teachers, train.rows, cfg.data.max_ram_gb,
                        cfg.data.standardize_teachers) if spec.needs_features else None

@@ -64,7 +64,7 @@ def probe_teachers(cfg, log=print) -> dict[str, dict[str, float | None]]:
     from featcache.plumbing import atomic
     from .data import FeatureBank, build_splits
 
-    splits, num_classes = build_splits(cfg.data, cfg.student)
+    splits, num_classes = build_splits(cfg)
     train = splits["train"]
     teachers = list(cfg.data.teachers) or list(train.cache.teachers)
     out: dict[str, dict[str, float | None]] = {}

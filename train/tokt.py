@@ -66,7 +66,7 @@ def train_config(cfg: ToktConfig, **changes: Any) -> TrainConfig:
 
 def fit_task_head(cfg: ToktConfig, out_dir: str, log: Log) -> tuple[torch.nn.Linear, str]:
     """Step 1: the teacher's task head, from the cached features of the labeled training rows."""
-    splits, num_classes = build_splits(cfg.data, cfg.student)
+    splits, num_classes = build_splits(cfg)
     train = splits["train"]
     bank = FeatureBank(train.cache, (cfg.tokt.teacher,), train.rows, cfg.data.max_ram_gb)
     head = fit_linear_probe(bank.take_eval(train.rows), train.labels, num_classes, l2=cfg.tokt.head_l2, seed=0)

@@ -98,7 +98,7 @@ def test_every_collective_device_has_a_backend(monkeypatch, synth, tmp_path):
     train, test = synth
     cfg = load_config(TrainConfig, data={"data": {"store": train, "test_store": test}, "student": {"image_size": 28,
                                                                                                   "width": 16}})
-    splits, classes = build_splits(cfg.data, cfg.student)
+    splits, classes = build_splits(cfg)
     learner = Learner(build_student(StudentSpec("small_cnn", classes, 28, 0, 0, 16)), MethodLoss())
     evaluate(learner, splits["val"], classes, torch.device("cpu"), d)
     distributed.all_sum(torch.tensor([3]))  # extraction's rows_done

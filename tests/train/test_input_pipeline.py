@@ -58,7 +58,7 @@ def test_a_batch_is_the_same_pixels_cached_or_decoded(viewed):
     batches = {}
     for mode in ("auto", "off"):
         c = dataclasses.replace(cfg.data, cached_inputs=mode, max_ram_gb=1e-6 if mode == "auto" else 4.0)
-        splits, _ = build_splits(c, cfg.student)
+        splits, _ = build_splits(dataclasses.replace(cfg, data=c))
         tr = splits["train"]
         assert (tr.inputs.cached is not None) == (mode == "auto")
         if mode == "auto":
@@ -87,8 +87,9 @@ def test_other_resolution_or_filter_falls_back_with_one_line_or_is_refused(viewe
     assert "featcache-cache inputs" in line and "--size 28 --filter bicubic" in line
     assert res["test_accuracy"] is not None
     with pytest.raises(ValueError, match=r"data.cached_inputs: 'require', but .* none at 32 px bilinear"):
-        build_splits(dataclasses.replace(cfg.data, cached_inputs="require"),
-                     dataclasses.replace(cfg.student, image_size=32, resize_filter="bilinear"))
+        build_splits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cached_inputs="require"),
+                                         student=dataclasses.replace(cfg.student, image_size=32,
+                                                                     resize_filter="bilinear")))
 
 
 def test_a_store_without_inputs_trains_by_decoding_and_says_so(tmp_path):
@@ -112,13 +113,13 @@ def test_inputs_cut_from_other_views_fall_back_or_are_refused(tmp_path):
         params[:, 1:, 4] = 1 - params[:, 1:, 4]  # every extra view of partition 1 flips the other way
         cache.write_partition(1, valid=cache.store.read("index/valid", a, b), view_params=params)
     cfg = cfg_for(train, "", tmp_path / "run", epochs=1, label_budget=0)
-    splits, _ = build_splits(cfg.data, cfg.student)
+    splits, _ = build_splits(cfg)
     assert splits["train"].inputs.cached is None
     line = describe_inputs(splits)
     assert "\n" not in line and line.startswith("train+val+test decoded from the raw inputs (")
     assert "image28_bilinear (28 px bilinear, cut from other views than the store records)" in line
     with pytest.raises(ValueError, match=r"^data.cached_inputs: 'require', but .*cut from other views"):
-        build_splits(dataclasses.replace(cfg.data, cached_inputs="require"), cfg.student)
+        build_splits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cached_inputs="require")))
 
 
 def test_cached_inputs_need_no_raw_inputs(tmp_path):
@@ -138,7 +139,7 @@ def test_cached_inputs_need_no_raw_inputs(tmp_path):
 def test_same_seed_same_batches_and_results_whatever_the_worker_count(viewed, tmp_path, mode):
     cfg = _cfg(viewed, tmp_path / "w", cached_inputs=mode)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=1))
-    splits, _ = build_splits(cfg.data, cfg.student)
+    splits, _ = build_splits(cfg)
     tr = splits["train"]
     bank = FeatureBank(tr.cache, (), tr.rows, 4.0)
     seqs = [list(train_batches(tr, bank, tr.rows, 32, np.random.default_rng(5), workers=w, depth=d))
@@ -159,7 +160,7 @@ def test_same_seed_same_batches_and_results_whatever_the_worker_count(viewed, tm
 
 def test_an_error_while_assembling_reaches_the_step(viewed, monkeypatch):
     cfg = _cfg(viewed, "unused", cached_inputs="off")
-    splits, _ = build_splits(cfg.data, cfg.student)
+    splits, _ = build_splits(cfg)
     tr = splits["train"]
 
     def broken(*_a, **_k):

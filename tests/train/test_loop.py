@@ -50,7 +50,7 @@ def test_unlabeled_rows_join_the_feature_term_but_never_their_labels(synth, tmp_
 
     train, test = synth
     cfg = cfg_for(train, test, tmp_path, data={"unlabeled_per_batch": 16, "val_fraction": 0.1})
-    splits, _ = build_splits(cfg.data, cfg.student)
+    splits, _ = build_splits(cfg)
     tr = splits["train"]
     assert len(tr.rows) == 4 * 25 and len(tr.unlabeled) == 1200 - 120 - 100
     assert not set(tr.unlabeled) & (set(tr.rows) | set(splits["val"].rows))
