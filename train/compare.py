@@ -261,10 +261,15 @@ CSV_FIELDS = ("method", "test_accuracy_mean", "test_accuracy_std", "error_vs_stl
 
 
 def write_csv(records: list[dict[str, Any]], path: str) -> None:
+    """The table; a chosen table (``--choose``) also keeps the grid and the choice of each row."""
+    chosen = any("chosen" in r for r in records)
+    fields = CSV_FIELDS + (("chosen", "grid") if chosen else ())
+    rows = [{**r, "chosen": json.dumps(r.get("chosen", {})), "grid": json.dumps(r.get("grid", {}))} if chosen else r
+            for r in records]
     with atomic.atomic_open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows(rows)
 
 
 def plot(records: list[dict[str, Any]], path: str, title: str = "") -> None:

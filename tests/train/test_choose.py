@@ -25,8 +25,11 @@ def test_the_best_validation_point_is_chosen_whatever_test_says(tmp_path, capsys
     assert chosen["aft"]["chosen"] == {"beta": "10", "optim.lr": "0.001"}
     assert chosen["aft"]["grid"] == {"beta": ["1", "10"], "optim.lr": ["0.001"]}
     assert abs(chosen["aft"]["error_vs_stl"] - 0.36 / 0.40) < 1e-9
-    assert main(["compare", str(tmp_path), "--choose"]) == 0
+    assert main(["compare", str(tmp_path), "--choose", "--csv", str(tmp_path / "t.csv")]) == 0
     out = capsys.readouterr().out
+    import csv
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "t.csv"))}
+    assert json.loads(rows["aft"]["grid"]) == {"beta": ["1", "10"], "optim.lr": ["0.001"]}
     assert "| stl | optim.lr=0.001 | optim.lr 0.0001, 0.001 | 0.6000 ± 0.0000 | 1.000 | 2 | 0.7000 |" in out
 
 
