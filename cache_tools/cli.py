@@ -103,9 +103,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with convert(args.src, args.dst, backend=args.backend, compressor=args.compressor,
                  overwrite=args.overwrite, progress=progress) as dst:
         bar.close()
-        print(f"{args.src} -> {dst.path} ({dst.backend}, {human_bytes(dst.size_on_disk())}): "
-              "values and metadata verified equal")
+        where = f"{args.src} -> {dst.path} ({dst.backend}, {human_bytes(dst.size_on_disk())})"
+        why = _incomplete(dst)
+        if why is None:
+            print(f"{where}: values and metadata verified equal")
+        else:  # the copy holds what the source holds done: a damaged or cut-off source copies as incomplete
+            print(f"{where}: NOT complete, as the source is not ({why}; `{PROG} verify {args.src}` says why); "
+                  "what it holds verified equal")
     return EXIT_OK
+
+
+def _incomplete(cache: FeatureCache) -> str | None:
+    """Why the store is not complete, as one clause, or None."""
+    missing = cache.missing_partitions()
+    if missing:
+        return "partitions missing for " + ", ".join(f"{part}: {len(ps)} of {cache.num_partitions}"
+                                                    for part, ps in missing.items())
+    return cache.budget_problem()
 
 
 def _ls_line(path: str) -> tuple[str, bool]:

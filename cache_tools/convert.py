@@ -27,7 +27,9 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | None) -> None:
     """Every part's partitions that ``src`` has marked done, part by part through its own protocol
-    (a cached input set too: a pulled copy trains without the raw inputs, as the original does)."""
+    (a cached input set too: a pulled copy trains without the raw inputs, as the original does),
+    each read back and compared. A partition whose source marker is missing or fails the trust rule
+    is not copied: the copy lacks it as the source does, and says so (``info``, ``verify``)."""
     markers = src.store.markers()
     parts = [(part, dst.part(part.key), part.done(markers)) for part in src.parts()]
     for p in range(src.num_partitions):
@@ -35,9 +37,10 @@ def _copy_partitions(src: FeatureCache, dst: FeatureCache, progress: Progress | 
             if p in done:
                 values = part.read(p)
                 mine.write(p, values, notes={} if isinstance(part, IndexPart) else None)
-                if isinstance(part, TeacherPart) and not _same(values["features"], mine.read(p)["features"]):
+                back = mine.read(p)
+                if any(not _same(v, back[k]) for k, v in values.items()):
                     start, stop = src.partition_range(p)
-                    raise CacheError(f"{dst.path}: {part.name} rows {start}:{stop} differ from the source after copy")
+                    raise CacheError(f"{dst.path}: {part.label} rows {start}:{stop} differ from the source after copy")
         if progress:
             progress(p + 1, src.num_partitions)
 
@@ -59,7 +62,7 @@ def _add_like(dst: FeatureCache, part: Part, compressor: str | None) -> None:
 def _check_equal(src: FeatureCache, dst: FeatureCache) -> None:
     if src.meta != dst.meta or src.max_invalid_fraction != dst.max_invalid_fraction:
         raise CacheError(f"{dst.path}: root metadata differs from {src.path} after copy")
-    for what in ("sample_ids", "labels", "valid"):
+    for what in ("sample_ids", "labels"):  # written at creation; the rest partition by partition, as copied
         if not _same(getattr(src, what), getattr(dst, what)):
             raise CacheError(f"{dst.path}: index {what} differs from {src.path} after copy")
     keys = ("fingerprint", "spec", "dim", "dtype", "shape")

@@ -240,3 +240,32 @@ def test_hdf5_documents_carry_checksums(small_store, tmp_path):
     assert rc == 1 and any(line.startswith("BAD /: metadata document changed") for line in bad)
     assert any(line.startswith("BAD teachers/clip: metadata document changed") for line in bad)
     assert any(line.startswith(f"BAD marker {INDEX_PART}/000001: document changed") for line in bad)
+
+
+@pytest.mark.parametrize("key, label", [(f"{INDEX_PART}/000001", "index"), ("clip/000001", "clip"),
+                                        (f"inputs/{INPUTS}/000001", f"inputs/{INPUTS}")])
+def test_convert_of_a_damaged_marker_gives_a_copy_that_says_what_is_missing(small_store, tmp_path, key, label):
+    """A marker that fails the trust rule counts as not done, in the source and in its copy: the
+    partition is not copied, so the copy is never complete where the source is not; convert says so
+    (not 'verified equal'), and `info`/`verify` on the copy name the missing partition."""
+    marker = marker_file(small_store, key)
+    doc = json.load(open(marker))
+    doc["attributes"]["rows"] -= 1  # one damaged field: the document no longer matches its checksum
+    json.dump(doc, open(marker, "w"))
+    dst = str(tmp_path / "copy.h5")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["convert", small_store, dst]) == 0
+    part = INDEX_PART if label == "index" else label
+    with FeatureCache.open(dst) as copy:
+        info = copy.info()
+        done = copy.inputs_done(INPUTS) if label.startswith("inputs/") else copy.done_partitions()[part]
+        assert done == {0, 2}
+        report = verify(copy)
+    if label.startswith("inputs/"):  # cached inputs are optional: the store is complete without them
+        assert info["complete"] and info["inputs"][INPUTS]["partitions_done"] == 2
+        assert report.ok and f"{label}: 2 of 3 partitions written" in " ".join(report.notes)
+        return
+    assert not info["complete"] and "NOT complete" in out.getvalue() and f"{part}: 1 of 3" in out.getvalue()
+    assert "verified equal" not in out.getvalue().split("NOT complete")[0]
+    assert report.problems == [f"{label} partition 1: missing (no done marker)"]
