@@ -1,11 +1,13 @@
 """featcache train (stage 2): students against cached teacher features.
 
 From Python: ``train``, ``train_sweep`` and ``compare_runs`` run what ``featcache-train``,
-``featcache-train sweep`` and ``featcache-train compare`` run and return plain objects
-(docs/python-api.md). Importing this package loads no torch, no pipeline and no teacher code;
-``featcache.train.sweep`` and ``featcache.train.compare`` are the engine modules.
+``featcache-train sweep`` and ``featcache-train compare`` run and return plain objects;
+``load_student`` rebuilds a finished run's student (docs/python-api.md). Importing this package loads
+no torch, no pipeline and no teacher code; ``featcache.train.sweep`` and ``featcache.train.compare``
+are the engine modules.
 """
 
-from .api import Comparison, SweepResult, TrainResult, compare_runs, train, train_config, train_sweep
+from .api import Comparison, SweepResult, TrainResult, compare_runs, load_student, train, train_config, train_sweep
 
-__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "train", "train_config", "train_sweep"]
+__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "load_student", "train", "train_config",
+           "train_sweep"]

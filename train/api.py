@@ -178,4 +178,18 @@ def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | No
     return SweepResult(res["root"], res["runs"], res["ran"], tuple(res["failed"]))
 
 
-__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "train", "train_config", "train_sweep"]
+def load_student(run_dir: str | os.PathLike) -> Any:
+    """A finished run's student: ``(model, transform, classes)`` (a NamedTuple, ``LoadedStudent``).
+
+    ``model`` is in eval mode (forward -> (logits, penultimate features)); ``transform`` is the run's
+    eval preprocessing (``transform.batch(images or texts)`` -> the model's input; ``transform.spec()``
+    describes it); ``classes`` the class names. Works on a run directory copied elsewhere or behind an
+    fsspec URL; tensors only; a run without results.json is refused (``RunNotFinished``).
+    """
+    from .load import load_student as load
+
+    return load(run_dir)
+
+
+__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "load_student", "train", "train_config",
+           "train_sweep"]

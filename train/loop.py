@@ -29,10 +29,11 @@ from . import checkpoint as ckpt_io
 from . import methods
 from .batches import prepare_inputs, shard_rows, steps_per_epoch, train_batches
 from .config import TrainConfig
-from .data import FeatureBank, Split, build_splits, describe_inputs
+from .data import FeatureBank, Split, build_splits, describe_inputs, tokenizer_path
 from .evaluation import DIAGNOSTIC_KEYS, describe_diagnostics, evaluate, recompute_bn, val_trend
 from .losses import MethodLoss
 from .methods import BuildContext
+from .model_card import run_classes, write_run_extras
 from .probe import fit_linear_probe, probe_accuracy
 from .schedule import Budget, lr_factor, make_budget
 from .students import StudentSpec, build_student, count_parameters, feature_dim, init_embeddings, read_word_embeddings
@@ -279,14 +280,18 @@ def evaluate_period(cfg: TrainConfig, data: Data, model: Model, period: int, los
 
 def finish(cfg: TrainConfig, data: Data, model: Model, device: torch.device, dist_: Dist, loader: dict[str, int],
            t_start: float, log: Log) -> dict[str, Any]:
-    """The test split, then the student's weights, the config and results.json (last: marks the run done)."""
+    """The test split, then the student's weights, the config, MODEL_CARD.md and results.json (last: marks
+    the run done)."""
     test = evaluate(model.learner, data.splits["test"], data.num_classes, device, dist_, **loader)
     results = _results(cfg, data.splits, data.bank, model.history, test, count_parameters(model.student),
                        time.time() - t_start, dist_, str(device))
+    results["classes"] = run_classes(data.splits, data.num_classes)
     if dist_.is_main:
         weights = {"model": model.student.state_dict()}
         atomic.write_with(os.path.join(cfg.out_dir, "student.pt"), lambda fh: torch.save(weights, fh))
         atomic.write_json(os.path.join(cfg.out_dir, "config.json"), to_dict(cfg))
+        write_run_extras(cfg.out_dir, to_dict(cfg), results,  # MODEL_CARD.md (+ a text student's tokenizer)
+                         resolve_path(tokenizer_path(cfg)) if data.train.inputs.modality == "text" else "")
         atomic.write_json(os.path.join(cfg.out_dir, "results.json"), results)
     log(f"done: {cfg.method.name} test accuracy {test['accuracy']:.4f} on {test['rows']} rows "
         f"({results['wall_seconds']:.1f} s) -> {cfg.out_dir}/results.json")
