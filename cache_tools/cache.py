@@ -3,7 +3,8 @@
 One store = one dataset split. The root document (``attrs["featcache"]``) records the format
 version, the ``Layout`` (rows, views, view parameter names, partition rows), the dataset
 fingerprint, split, source and provenance. Everything held by partition is a part that owns its
-nodes, checksum and done markers (``parts.py``: ``IndexPart``, ``TeacherPart``, ``InputsPart``);
+nodes, checksum and done markers (``part_kinds.py``: ``IndexPart``, ``TeacherPart``, ``InputsPart``,
+each following the ``Part`` protocol and its one marker-trust rule in ``part.py``);
 the source's reopen index is ``source_index.py``; docs/store-format.md draws the whole tree.
 ``FeatureCache`` opens and creates stores, lists their parts, and keeps the methods the stages
 call, each a delegation to a part.
@@ -24,8 +25,9 @@ from . import source_index as _source_index
 from .errors import CacheError, CacheNotFoundError, FormatVersionError, NotInStoreError
 from .layout import DEFAULT_PARTITION_ROWS, TARGET_CHUNK_BYTES, Layout, check_name, chunk_rows_for
 from .locate import open_backend
-from .parts import (INDEX_KEY, INDEX_PART, INPUTS_KEY, TEACHER_KEY, IndexPart, InputsPart, Part, TeacherPart,
-                    check_dtype, inputs_checksum, inputs_mismatch, marker_problem, teacher_mismatch, trusted)
+from .part import Part, marker_problem, trusted
+from .part_kinds import (INDEX_KEY, INDEX_PART, INPUTS_KEY, TEACHER_KEY, IndexPart, InputsPart, TeacherPart,
+                         check_dtype, inputs_checksum, inputs_mismatch, teacher_mismatch)
 from .store import Store
 from .fingerprint import fingerprint
 
@@ -271,7 +273,7 @@ class FeatureCache:
 
     # -- completeness ---------------------------------------------------------------
     def marker_problem(self, key: str, doc: dict[str, Any]) -> str | None:
-        """Why a done marker cannot be trusted (``parts.marker_problem``, the one rule), or None."""
+        """Why a done marker cannot be trusted (``part.marker_problem``, the one rule), or None."""
         return marker_problem(key, doc, self.has_doc_checksums)
 
     def trusted_markers(self, parts: Sequence[str]) -> dict[str, dict[int, dict[str, Any]]]:

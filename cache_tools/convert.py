@@ -14,7 +14,8 @@ from featcache.plumbing import atomic
 from .cache import FeatureCache
 from .errors import CacheError
 from .locate import detect_backend
-from .parts import IndexPart, InputsPart, Part, TeacherPart
+from .part import Part
+from .part_kinds import IndexPart, InputsPart, TeacherPart
 
 Progress = Callable[[int, int], None]
 

@@ -16,7 +16,8 @@ from .cache import BUDGET_HINT, FeatureCache
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import short_pair
 from .locate import open_backend
-from .parts import IndexPart, InputsPart, Part, TeacherPart
+from .part import Part
+from .part_kinds import IndexPart, InputsPart, TeacherPart
 from .store import UNREADABLE, Store
 
 

@@ -87,8 +87,8 @@ def test_store_inputs_and_plumbing_know_no_models(room):
 
 # The store's format: the only modules that know its node paths, marker keys and backends' names.
 FORMAT_MODULES = {os.path.join("cache_tools", f"{m}.py") for m in (
-    "__init__", "cache", "layout", "parts", "source_index", "store", "_zarr", "_hdf5", "_memory", "locate", "fingerprint",
-    "errors")}
+    "__init__", "cache", "layout", "part", "part_kinds", "source_index", "store", "_zarr", "_hdf5", "_memory", "locate",
+    "fingerprint", "errors")}
 NODE_LITERALS = ("index/sample_id", "index/label", "index/valid", "views/params", "_partitions/", "/features",
                  "_index/", "featcache_teacher", "featcache_inputs", "featcache_index", "featcache_source_index")
 WHOLE_LITERALS = {"_partitions", "_index", "teachers", "inputs", "index", "views", "source"}  # as a node: a group
@@ -110,7 +110,7 @@ def _is_node_argument(node: ast.AST, parents: dict) -> bool:
 
 def test_nothing_outside_the_format_reads_node_paths_or_private_helpers():
     """verify, convert, retrieve, inputs, the reader, extraction and training go through the parts
-    (``FeatureCache`` and ``parts.py``): a node path, a marker key's prefix, or an underscore name
+    (``FeatureCache``, ``part.py`` and ``part_kinds.py``): a node path, a marker key's prefix, or an underscore name
     imported from cache_tools anywhere else is a second copy of the schema, and copies drift."""
     wrong = []
     for path in _outside_the_format():
