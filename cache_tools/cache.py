@@ -1,13 +1,12 @@
 """The featcache store: a facade over its parts on any backend.
 
-One store = one dataset split. The root document (``attrs["featcache"]``) records the format
-version, the ``Layout`` (rows, views, view parameter names, partition rows), the dataset
-fingerprint, split, source and provenance. Everything held by partition is a part that owns its
-nodes, checksum and done markers (``part_kinds.py``: ``IndexPart``, ``TeacherPart``, ``InputsPart``,
-each following the ``Part`` protocol and its one marker-trust rule in ``part.py``);
-the source's reopen index is ``source_index.py``; docs/store-format.md draws the whole tree.
-``FeatureCache`` opens and creates stores, lists their parts, and keeps the methods the stages
-call, each a delegation to a part.
+One store = one dataset split. Its root document (``root.py``) records the format version, the
+``Layout``, the dataset fingerprint, split, source and provenance. Everything held by partition is
+a part that owns its nodes, checksum and done markers (``part_kinds.py``: ``IndexPart``,
+``TeacherPart``, ``InputsPart``, each following the ``Part`` protocol and its one marker-trust rule
+in ``part.py``); the source's reopen index is ``source_index.py``; docs/store-format.md draws the
+whole tree. ``FeatureCache`` opens and creates stores, lists their parts, and keeps the methods
+the stages call, each a delegation to a part.
 """
 
 from __future__ import annotations
@@ -17,25 +16,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from featcache.plumbing import provenance
-from featcache.plumbing.errors import UsageError
-from featcache.rawdata.identity import dataset_fingerprint
-
+from . import root
 from . import source_index as _source_index
-from .errors import CacheError, CacheNotFoundError, FormatVersionError, NotInStoreError
-from .layout import DEFAULT_PARTITION_ROWS, TARGET_CHUNK_BYTES, Layout, check_name, chunk_rows_for
+from .errors import CacheError, NotInStoreError
+from .layout import DEFAULT_PARTITION_ROWS, TARGET_CHUNK_BYTES, Layout, chunk_rows_for
 from .locate import open_backend
-from .part import Part, marker_problem, trusted
-from .part_kinds import (INDEX_KEY, INDEX_PART, INPUTS_KEY, TEACHER_KEY, IndexPart, InputsPart, TeacherPart,
-                         check_dtype, inputs_checksum, inputs_mismatch, teacher_mismatch)
+from .part import Part, trusted
+from .part_kinds import (BUDGET_HINT, INDEX_KEY, INDEX_PART, INPUTS_KEY, TEACHER_KEY, IndexPart, InputsPart,
+                         TeacherPart, inputs_checksum)
+from .root import DOC_CHECKSUMS, FORMAT_VERSION, ROOT_KEY
 from .store import Store
-from .fingerprint import fingerprint
 
-FORMAT_VERSION = 1  # stores with document checksums are still 1: older readers ignore the extra keys
-DOC_CHECKSUMS = 1  # root meta "doc_checksums": every document of this store carries its checksum
-ROOT_KEY = "featcache"
-BUDGET_HINT = ("the extraction stopped there: fix the inputs, or rerun it with a higher max_invalid_fraction "
-               "to accept these rows")
 __all__ = ["BUDGET_HINT", "DEFAULT_PARTITION_ROWS", "FORMAT_VERSION", "FeatureCache", "INDEX_KEY", "INDEX_PART",
            "INPUTS_KEY", "ROOT_KEY", "TARGET_CHUNK_BYTES", "TEACHER_KEY", "chunk_rows_for", "inputs_checksum",
            "require_complete"]
@@ -49,22 +40,9 @@ class FeatureCache:
         self._load()
 
     def _load(self) -> None:
-        store = self.store
-        try:
-            root = store.get_attrs("")
-        except KeyError:
-            root = {}
-        meta = root.get(ROOT_KEY)
-        if not isinstance(meta, dict):
-            raise CacheNotFoundError(f"{store.path}: not a featcache store (no '{ROOT_KEY}' attributes)")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{store.path}: store format version {version} is newer than this featcache reads "
-                f"({FORMAT_VERSION}); upgrade featcache")
-        self.meta: dict[str, Any] = meta
-        self.layout = Layout.of(meta)
-        self.index = IndexPart(store, self.layout, self.has_doc_checksums)
+        self.meta: dict[str, Any] = root.read(self.store)
+        self.layout = Layout.of(self.meta)
+        self.index = IndexPart(self.store, self.layout, self.has_doc_checksums)
         self._teachers: list[str] | None = None
 
     # -- opening and creating --------------------------------------------------------
@@ -89,38 +67,20 @@ class FeatureCache:
                split: str | None = None, source: Mapping[str, Any] | None = None, backend: str | None = None,
                overwrite: bool = False, storage_options: dict[str, Any] | None = None,
                source_index: Mapping[str, Any] | None = None) -> "FeatureCache":
-        """A new, empty store for these rows. Root attributes are written last, so a crash
-        during creation leaves something that does not open as a featcache store.
+        """A new, empty store for these rows, its root document written last (``root.create``).
         ``source_index``: plain data the source asked to keep (``Source.reopen_index``)."""
-        ids = np.asarray([str(s) for s in sample_ids], dtype=object)
-        n = len(ids)
-        labels_arr = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        if labels_arr.shape != (n,):
-            raise UsageError(f"{n} sample ids but {labels_arr.shape[0]} labels")
-        if len(set(ids.tolist())) != n:
-            raise UsageError("sample ids must be unique")
-        layout = Layout(n, views, partition_rows, tuple(str(p) for p in view_param_names)).check()
-        if isinstance(target, Store):
-            store = target
-        else:
-            store = open_backend(os.fspath(target), read_only=False, create=True, overwrite=overwrite,
-                                 backend=backend, storage_options=storage_options)
-        IndexPart.create(store, layout, ids, labels_arr)
-        if source_index is not None:
-            _source_index.write(store, source_index)
-        meta = {
-            "format_version": FORMAT_VERSION, "doc_checksums": DOC_CHECKSUMS, "rows": n, "views": views,
-            "view_params": list(layout.view_param_names), "partition_rows": partition_rows,
-            "dataset_fingerprint": dataset_fingerprint(ids, labels_arr), "split": split, "source": dict(source or {}),
-            "created_by": provenance.created_by(), "created_at": provenance.utc_now(),
-        }
-        store.set_attrs("", {ROOT_KEY: meta})
+        ids, labels_arr = root.rows_of(sample_ids, labels)  # checked before anything is written
+        layout = Layout(len(ids), views, partition_rows, tuple(str(p) for p in view_param_names)).check()
+        store = target if isinstance(target, Store) else open_backend(
+            os.fspath(target), read_only=False, create=True, overwrite=overwrite, backend=backend,
+            storage_options=storage_options)
+        root.create(store, layout, ids, labels_arr, split=split, source=source, source_index=source_index)
         return cls(store)
 
     def update_meta(self, extra: Mapping[str, Any], *, replace: bool = False) -> None:
         """Add keys to the root description (``retrieval``), or with ``replace`` take another
         store's as written (``convert``); read back as a reopen would."""
-        self.store.set_attrs("", {ROOT_KEY: dict(extra) if replace else {**self.meta, **extra}})
+        root.write(self.store, dict(extra) if replace else {**self.meta, **extra})
         self._load()
 
     def close(self) -> None:
@@ -138,18 +98,8 @@ class FeatureCache:
         return _source_index.description(self.store)
 
     def source_index(self, *, strict: bool = False) -> dict[str, Any] | None:
-        """The index the source kept when this store was made, or None (none kept, or its bytes
-        fail their checksum: then the source walks its files again, and ``verify`` says why;
-        ``strict`` raises instead)."""
-        doc = self.source_index_doc()
-        if doc is None:
-            return None
-        try:
-            return _source_index.read(self.store, doc)
-        except (ValueError, KeyError, OSError, CacheError):
-            if strict:
-                raise
-            return None
+        """The index the source kept when this store was made, or None (``source_index.kept``)."""
+        return _source_index.kept(self.store, strict=strict)
 
     def set_source_index(self, index: Mapping[str, Any]) -> None:
         """Keep (or replace) the source's reopen index; its description is written last."""
@@ -158,7 +108,6 @@ class FeatureCache:
     # -- shape of the store ---------------------------------------------------------
     path = property(lambda self: self.store.path)
     backend = property(lambda self: self.store.backend)
-    capabilities = property(lambda self: self.store.capabilities)
     rows = property(lambda self: self.layout.rows)
     views = property(lambda self: self.layout.views)
     partition_rows = property(lambda self: self.layout.partition_rows)
@@ -210,8 +159,8 @@ class FeatureCache:
         teachers and input sets whose description is among these damaged nodes or does not read."""
         teachers = self.teachers if damaged is None else TeacherPart.names(self.store, damaged)
         inputs = self.inputs if damaged is None else InputsPart.names(self.store, damaged)
-        return [self.index, *(TeacherPart(self.store, self.layout, self.has_doc_checksums, t) for t in teachers),
-                *(InputsPart(self.store, self.layout, self.has_doc_checksums, n) for n in inputs)]
+        args = (self.store, self.layout, self.has_doc_checksums)
+        return [self.index, *(TeacherPart(*args, t) for t in teachers), *(InputsPart(*args, n) for n in inputs)]
 
     def part(self, key: str) -> Part:
         """The part whose markers are ``<key>/<partition>``: ``_index``, a teacher, ``inputs/<name>``."""
@@ -224,27 +173,14 @@ class FeatureCache:
     def add_teacher(self, name: str, dim: int, spec: Mapping[str, Any], *, dtype: str = "float16",
                     compressor: str = "none", teacher_fingerprint: str | None = None) -> str:
         """Add an empty feature array; re-adding the same teacher is a no-op, a different one refuses."""
-        check_name(name)
-        check_dtype(dtype)
-        fp = teacher_fingerprint or TeacherPart.fingerprint_of(spec, dim, dtype)
-        if name in self.teachers:
-            teacher_mismatch(self.path, name, self.teacher_info(name), fp, dim, dtype)
-            return fp
-        TeacherPart.add(self.store, self.layout, name, dim, spec, dtype=dtype, compressor=compressor, fp=fp)
         self._teachers = None
-        return fp
+        return TeacherPart.add(self.store, self.layout, name, dim, spec, dtype=dtype, compressor=compressor,
+                               fp=teacher_fingerprint)
 
     def add_inputs(self, name: str, arrays: Mapping[str, tuple[tuple[int, ...], str]], spec: Mapping[str, Any], *,
                    compressor: str = "none") -> str:
         """Add empty input arrays (name -> (row shape, dtype)); the same spec again is a no-op, another refuses."""
-        check_name(name)
-        plain = {a: [list(map(int, shape)), str(dtype)] for a, (shape, dtype) in sorted(arrays.items())}
-        fp = fingerprint({**spec, "arrays": plain})
-        if name in self.inputs:
-            inputs_mismatch(self.path, name, self.inputs_info(name), fp, spec)
-            return fp
-        InputsPart.add(self.store, self.layout, name, plain, spec, compressor=compressor, fp=fp)
-        return fp
+        return InputsPart.add(self.store, self.layout, name, arrays, spec, compressor=compressor)
 
     def teacher_info(self, name: str) -> dict[str, Any]:
         return self.teacher(name).info()
@@ -272,17 +208,10 @@ class FeatureCache:
         self.input_set(name).write(p, values)
 
     # -- completeness ---------------------------------------------------------------
-    def marker_problem(self, key: str, doc: dict[str, Any]) -> str | None:
-        """Why a done marker cannot be trusted (``part.marker_problem``, the one rule), or None."""
-        return marker_problem(key, doc, self.has_doc_checksums)
-
-    def trusted_markers(self, parts: Sequence[str]) -> dict[str, dict[int, dict[str, Any]]]:
-        """For each part key, its done markers that pass ``marker_problem``, by partition."""
-        return trusted(self.store.markers(), parts, self.layout, self.has_doc_checksums)
-
     def trusted_done(self, parts: Sequence[str]) -> dict[str, set[int]]:
-        """For each part key, the partitions whose done marker exists and can be trusted."""
-        return {part: set(docs) for part, docs in self.trusted_markers(parts).items()}
+        """For each part key, the partitions whose done marker exists and passes ``part.marker_problem``."""
+        found = trusted(self.store.markers(), parts, self.layout, self.has_doc_checksums)
+        return {part: set(docs) for part, docs in found.items()}
 
     def done_partitions(self) -> dict[str, set[int]]:
         """For the index and each teacher, the partitions whose done marker exists and can be trusted."""
@@ -355,22 +284,21 @@ class FeatureCache:
 
     def info(self) -> dict[str, Any]:
         """Everything `featcache-cache info` prints, as plain values."""
-        markers = self.store.markers()
-        done = trusted(markers, [INDEX_PART, *self.teachers, *(f"inputs/{n}" for n in self.inputs)], self.layout,
-                       self.has_doc_checksums)
+        done = {part: len(ps) for part, ps in self.trusted_done([INDEX_PART, *self.teachers,
+                                                                 *(f"inputs/{n}" for n in self.inputs)]).items()}
         over_budget = self.budget_problem()
-        teachers = {name: {**self.teacher_info(name), "partitions_done": len(done[name])} for name in self.teachers}
-        complete = over_budget is None and all(len(done[p]) == self.num_partitions for p in [INDEX_PART, *teachers])
+        teachers = {name: {**self.teacher_info(name), "partitions_done": done[name]} for name in self.teachers}
+        complete = over_budget is None and all(done[p] == self.num_partitions for p in [INDEX_PART, *teachers])
         return {
             "path": self.path, "backend": self.backend, "format_version": self.meta["format_version"],
             "rows": self.rows, "views": self.views, "view_params": self.view_param_names,
             "partition_rows": self.partition_rows, "partitions": self.num_partitions,
-            "index_partitions_done": len(done[INDEX_PART]), "complete": complete,
+            "index_partitions_done": done[INDEX_PART], "complete": complete,
             "max_invalid_fraction": self.max_invalid_fraction, "over_budget": over_budget,
             "split": self.split, "source": self.source, "dataset_fingerprint": self.dataset_fingerprint,
             "created_by": self.meta.get("created_by"), "created_at": self.meta.get("created_at"),
             "size_on_disk": self.store.size_on_disk(), "teachers": teachers,
-            "inputs": {n: {**self.inputs_info(n), "partitions_done": len(done[f"inputs/{n}"])} for n in self.inputs},
+            "inputs": {n: {**self.inputs_info(n), "partitions_done": done[f"inputs/{n}"]} for n in self.inputs},
             **{k: self.meta[k] for k in ("retrieval", "subset_of") if k in self.meta},
             **({"source_index": doc} if (doc := self.source_index_doc()) else {}),
         }

@@ -21,7 +21,7 @@ from featcache.plumbing.errors import UsageError
 
 from .errors import FingerprintMismatch
 from .fingerprint import array_checksum, fingerprint
-from .layout import Layout
+from .layout import Layout, check_name
 from .part import Markers, Part
 from .store import STR_DTYPE, Store
 
@@ -30,6 +30,8 @@ INPUTS_KEY = "featcache_inputs"
 INDEX_KEY = "featcache_index"  # attrs of /index: the invalid-row budget the extraction runs under
 INDEX_PART = "_index"
 FEATURE_DTYPES = ("float16", "float32")
+BUDGET_HINT = ("the extraction stopped there: fix the inputs, or rerun it with a higher max_invalid_fraction "
+               "to accept these rows")
 
 
 def _listed(store: Store, group: str, key: str, damaged: set[str] | None) -> list[str]:
@@ -194,7 +196,15 @@ class TeacherPart(Part):
 
     @classmethod
     def add(cls, store: Store, layout: Layout, name: str, dim: int, spec: Mapping[str, Any], *, dtype: str,
-            compressor: str, fp: str) -> None:
+            compressor: str, fp: str | None = None) -> str:
+        """An empty feature array and its description (written last); its fingerprint. The same
+        teacher again is a no-op, a different one under this name is a FingerprintMismatch."""
+        check_name(name)
+        _check_dtype(dtype)
+        fp = fp or cls.fingerprint_of(spec, dim, dtype)
+        if name in cls.names(store):
+            _teacher_mismatch(store.path, name, store.get_attrs(f"teachers/{name}")[TEACHER_KEY], fp, dim, dtype)
+            return fp
         shape = layout.feature_shape(dim)
         chunk_rows = layout.chunk_rows(int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
         store.create_array(f"teachers/{name}/features", shape, dtype, chunk_rows, compressor)
@@ -203,6 +213,7 @@ class TeacherPart(Part):
         doc = {"dim": int(dim), "dtype": dtype, "fingerprint": fp, "spec": dict(spec),
                "added_at": provenance.utc_now(), "added_by": provenance.created_by()}
         store.set_attrs(f"teachers/{name}", {TEACHER_KEY: doc})
+        return fp
 
     @staticmethod
     def fingerprint_of(spec: Mapping[str, Any], dim: int, dtype: str) -> str:
@@ -269,8 +280,16 @@ class InputsPart(Part):
         return _listed(store, "inputs", INPUTS_KEY, damaged)
 
     @classmethod
-    def add(cls, store: Store, layout: Layout, name: str, plain: dict[str, list], spec: Mapping[str, Any], *,
-            compressor: str, fp: str) -> None:
+    def add(cls, store: Store, layout: Layout, name: str, arrays: Mapping[str, tuple[tuple[int, ...], str]],
+            spec: Mapping[str, Any], *, compressor: str) -> str:
+        """Empty arrays (name -> (row shape, dtype)) and their description (written last); the set's
+        fingerprint. The same spec again is a no-op, another under this name a FingerprintMismatch."""
+        check_name(name, "inputs")
+        plain = {a: [list(map(int, shape)), str(dtype)] for a, (shape, dtype) in sorted(arrays.items())}
+        fp = fingerprint({**spec, "arrays": plain})
+        if name in cls.names(store):
+            _inputs_mismatch(store.path, name, store.get_attrs(f"inputs/{name}")[INPUTS_KEY], fp, spec)
+            return fp
         row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in plain.values())
         chunk_rows = layout.chunk_rows(row_bytes)  # one row count for all: partitions stay whole chunks
         for array, (shape, dtype) in plain.items():
@@ -280,6 +299,7 @@ class InputsPart(Part):
         doc = {"fingerprint": fp, "spec": dict(spec), "arrays": sorted(plain), "added_at": provenance.utc_now(),
                "added_by": provenance.created_by()}
         store.set_attrs(f"inputs/{name}", {INPUTS_KEY: doc})
+        return fp
 
     def _array_names(self) -> list[str]:
         try:
@@ -328,7 +348,7 @@ def inputs_checksum(arrays: Mapping[str, np.ndarray]) -> str:
     return sums[0] if len(sums) == 1 else hashlib.sha256("".join(sums).encode()).hexdigest()
 
 
-def teacher_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, dim: int, dtype: str) -> None:
+def _teacher_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, dim: int, dtype: str) -> None:
     """FingerprintMismatch when a teacher of this name already holds other features."""
     if have["fingerprint"] != fp or have["dim"] != dim or have["dtype"] != dtype:
         raise FingerprintMismatch(
@@ -337,7 +357,7 @@ def teacher_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, dim
             f"{fp[:12]} (dim {dim}, {dtype}); use another name or another store")
 
 
-def inputs_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, spec: Mapping[str, Any]) -> None:
+def _inputs_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, spec: Mapping[str, Any]) -> None:
     if have["fingerprint"] != fp:
         raise FingerprintMismatch(
             f"{path}: inputs {name!r} hold fingerprint {have['fingerprint'][:12]} "
@@ -345,7 +365,7 @@ def inputs_mismatch(path: str, name: str, have: Mapping[str, Any], fp: str, spec
             f"({json.dumps(dict(spec), sort_keys=True)}); use another name")
 
 
-def check_dtype(dtype: str) -> str:
+def _check_dtype(dtype: str) -> str:
     if dtype not in FEATURE_DTYPES:
         raise UsageError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     return dtype

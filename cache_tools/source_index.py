@@ -16,7 +16,7 @@ import numpy as np
 
 from featcache.plumbing import provenance
 
-from .errors import CorruptCacheError
+from .errors import CacheError, CorruptCacheError
 from .fingerprint import short_pair
 from .layout import TARGET_CHUNK_BYTES
 from .store import Store
@@ -64,3 +64,18 @@ def read(store: Store, doc: Mapping[str, Any]) -> dict[str, Any]:
         raise CorruptCacheError("%s: bytes changed since written (sha256 %s, now %s)"
                                 % (doc["node"], *short_pair(doc.get("sha256"), found)))
     return json.loads(zlib.decompress(data))
+
+
+def kept(store: Store, *, strict: bool = False) -> dict[str, Any] | None:
+    """The index the source kept when the store was made, or None (none kept, or its bytes fail
+    their checksum: then the source walks its files again, and ``verify`` says why; ``strict``
+    raises instead)."""
+    doc = description(store)
+    if doc is None:
+        return None
+    try:
+        return read(store, doc)
+    except (ValueError, KeyError, OSError, CacheError):
+        if strict:
+            raise
+        return None

@@ -12,12 +12,12 @@ from featcache.rawdata.identity import dataset_fingerprint
 from featcache.rawdata.tar_shards import members_fingerprint
 
 from . import source_index
-from .cache import BUDGET_HINT, FeatureCache
+from .cache import FeatureCache
 from .errors import CacheError, CacheNotFoundError, CorruptCacheError
 from .fingerprint import short_pair
 from .locate import open_backend
-from .part import Part
-from .part_kinds import IndexPart, InputsPart, TeacherPart
+from .part import Part, marker_problem
+from .part_kinds import BUDGET_HINT, IndexPart, InputsPart, TeacherPart
 from .store import UNREADABLE, Store
 
 
@@ -71,7 +71,7 @@ def _check_partitions(cache: FeatureCache, parts: list[Part], markers: dict[str,
             report.problems.append(f"marker {key}: {doc[UNREADABLE]}")
         elif part_key not in keys or not num.isdigit() or int(num) >= cache.num_partitions:
             report.problems.append(f"marker {key}: not a partition of this store")
-        elif (problem := cache.marker_problem(key, doc)) is not None:
+        elif (problem := marker_problem(key, doc, cache.has_doc_checksums)) is not None:
             report.problems.append(f"{problem}; its partition is not checked and counts as not done")
         report.documents_checked += 1
     for part in parts:
@@ -85,7 +85,7 @@ def _check_partitions(cache: FeatureCache, parts: list[Part], markers: dict[str,
             if key not in markers:
                 report.problems.append(f"{part.label} partition {p}: missing (no done marker)")
                 continue
-            if cache.marker_problem(key, markers[key]) is not None:
+            if marker_problem(key, markers[key], cache.has_doc_checksums) is not None:
                 continue  # reported above
             problem, counts = part.check(p, markers[key])
             if problem:
@@ -262,7 +262,7 @@ def newest_partitions(cache: FeatureCache, markers: dict[str, dict[str, Any]]) -
     process writes)."""
     by_part: dict[str, list[tuple[float, int, str]]] = {}
     for key, doc in markers.items():
-        if cache.marker_problem(key, doc) is None:
+        if marker_problem(key, doc, cache.has_doc_checksums) is None:
             part, _, num = key.rpartition("/")
             when = doc.get("written_at")
             by_part.setdefault(part, []).append((float(when) if isinstance(when, (int, float)) else float("-inf"),

@@ -87,8 +87,8 @@ def test_store_inputs_and_plumbing_know_no_models(room):
 
 # The store's format: the only modules that know its node paths, marker keys and backends' names.
 FORMAT_MODULES = {os.path.join("cache_tools", f"{m}.py") for m in (
-    "__init__", "cache", "layout", "part", "part_kinds", "source_index", "store", "_zarr", "_hdf5", "_memory", "locate",
-    "fingerprint", "errors")}
+    "__init__", "cache", "root", "layout", "part", "part_kinds", "source_index", "store", "_zarr", "_hdf5", "_memory",
+    "locate", "fingerprint", "errors")}
 NODE_LITERALS = ("index/sample_id", "index/label", "index/valid", "views/params", "_partitions/", "/features",
                  "_index/", "featcache_teacher", "featcache_inputs", "featcache_index", "featcache_source_index")
 WHOLE_LITERALS = {"_partitions", "_index", "teachers", "inputs", "index", "views", "source"}  # as a node: a group
