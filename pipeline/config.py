@@ -6,46 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from featcache.plumbing.storage import storage_field
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    kind: Literal["fashion_mnist", "image_folder", "manifest", "text_folder", "text_categories", "parquet",
-                  "webdataset"] = "fashion_mnist"
-    root: str = ""  # folder of the data ("" = Debian's Fashion-MNIST location); pkg:package/dir inside a package;
-    # parquet: a .parquet file, a glob, a folder of them (or of save_to_disk .arrow files);
-    # webdataset: tar shards, a brace pattern (a-{000..009}.tar); both: a local path or an fsspec URL
-    # (s3://bucket/train-{000000..000099}.tar, gs://, az://, ...)
-    shards: tuple[str, ...] = ()  # webdataset: a list of shards or patterns instead of root
-    path: str = ""  # manifest file (kind = "manifest")
-    split: str = "train"  # fashion_mnist: train or test; recorded in the store for every kind
-    limit: int = 0  # first N rows only (0 = all)
-    download: bool = False  # fashion_mnist: fetch with torchvision when online (into root or ~/.cache)
-    encoding: str = "utf-8"  # manifest: text encoding of the CSV/JSONL file (a line that fails is an invalid row)
-    max_image_pixels: int = 0  # image sources: larger images are invalid rows (0 = PIL's default limit)
-    image_column: str = "image"  # parquet: image bytes, or a struct with a "bytes" field (Hugging Face Image)
-    path_column: str = ""  # parquet: image paths (relative to the Parquet file) instead of image bytes
-    text_column: str = ""  # parquet: text inputs (makes a text source)
-    label_column: str = "label"  # parquet: ints or class names (a missing "label" column = unlabeled)
-    id_column: str = ""  # parquet: unique sample ids ("" = <file name>:<row>)
-    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")  # webdataset: image member, first present
-    label_field: str = ""  # webdataset: label from this field of the .json member ("" = the .cls member)
-    modality: Literal["image", "text"] = "image"  # webdataset: text reads the .txt member
-    # [source.storage]: fsspec options for s3:// gs:// az:// shards and Parquet files (endpoint_url,
-    # profile, anon, key, secret, ...), over [output.storage]; never saved anywhere. --storage-option
-    # KEY=VALUE overrides both. Stage 2 reopens the source with [data.storage] / --storage-option.
-    storage: dict[str, Any] = storage_field()
-
-    def validate(self) -> list[str]:
-        import codecs
-        errors = []
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            errors.append(f"encoding: unknown encoding {self.encoding!r}")
-        if self.max_image_pixels < 0:
-            errors.append("max_image_pixels: must be >= 0 (0 = PIL's default)")
-        return errors
+from featcache.rawdata.configured import SourceConfig  # the [source] table lives below both stages
 
 
 @dataclass(frozen=True)

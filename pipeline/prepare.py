@@ -22,48 +22,12 @@ from featcache.plumbing import storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.distributed import Dist, all_sum
 from featcache.plumbing.errors import UsageError
-from featcache.plumbing.paths import resolve_path
-from featcache.rawdata import KINDS, Source, head
+from featcache.rawdata import Source
+from featcache.rawdata.configured import open_source_config
 from featcache.rawdata.views import VIEW_PARAMS
 
-from .config import ExtractConfig, SourceConfig
+from .config import ExtractConfig
 from .teachers import Teacher, best_device, build_teacher
-
-
-def source_options(cfg: SourceConfig) -> dict[str, Any]:
-    """fsspec options of the source's files: [output.storage] < [source.storage] < --storage-option."""
-    return {**cfg.storage, **storage.snapshot()["flags"]}
-
-
-def open_source_config(cfg: SourceConfig, index: dict[str, Any] | None = None) -> Source:
-    """The configured source; ``index`` is what a store kept from opening it before (a resume)."""
-    kw: dict[str, Any] = {}
-    root = resolve_path(cfg.root)  # pkg:package/dir -> the folder inside the installed package
-    if cfg.kind == "fashion_mnist":
-        kw = {"root": root or None, "split": cfg.split, "download": cfg.download}
-    elif cfg.kind == "manifest":
-        if not cfg.path:
-            raise ConfigError("source.path: a manifest source needs the manifest file")
-        kw = {"path": resolve_path(cfg.path), "root": root or None, "encoding": cfg.encoding,
-              "max_image_pixels": cfg.max_image_pixels}
-    elif cfg.kind == "parquet":
-        if not root:
-            raise ConfigError("source.root: a parquet source needs a .parquet file or a folder of them")
-        kw = {"root": root, "image_column": cfg.image_column, "path_column": cfg.path_column,
-              "text_column": cfg.text_column, "label_column": cfg.label_column, "id_column": cfg.id_column,
-              "max_image_pixels": cfg.max_image_pixels, "storage_options": source_options(cfg)}
-    elif cfg.kind == "webdataset":
-        if not (root or cfg.shards):
-            raise ConfigError("source.root: a webdataset source needs its shards (a brace pattern, or source.shards)")
-        kw = {"root": [resolve_path(s) for s in cfg.shards] if cfg.shards else root, "max_image_pixels":
-              cfg.max_image_pixels, "extensions": list(cfg.extensions), "label_field": cfg.label_field,
-              "modality": cfg.modality, "storage_options": source_options(cfg), "index": index}
-    else:
-        if not root:
-            raise ConfigError(f"source.root: a {cfg.kind} source needs its folder")
-        kw = {"root": root, **({"max_image_pixels": cfg.max_image_pixels} if cfg.kind == "image_folder" else {})}
-    source = KINDS[cfg.kind](**kw)
-    return head(source, cfg.limit) if cfg.limit else source
 
 
 MAIN_RANK_WAIT = timedelta(hours=48)  # how long the other ranks wait for rank 0's walk (and teacher load)
