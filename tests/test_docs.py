@@ -18,7 +18,7 @@ DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 PAGES = [README, *DOCS]
 SUBCOMMANDS = {
     "featcache-extract": ("featcache.pipeline.cli", {"finetune"}),
-    "featcache-train": ("featcache.train.cli", {"sweep", "compare", "probe", "tokt"}),
+    "featcache-train": ("featcache.train.cli", {"sweep", "compare", "probe", "tokt", "predict", "export"}),
     "featcache-cache": ("featcache.cache_tools.cli", {"info", "verify", "convert", "ls", "inputs", "subset",
                                                       "retrieve"}),
 }

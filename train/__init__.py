@@ -2,12 +2,13 @@
 
 From Python: ``train``, ``train_sweep`` and ``compare_runs`` run what ``featcache-train``,
 ``featcache-train sweep`` and ``featcache-train compare`` run and return plain objects;
-``load_student`` rebuilds a finished run's student (docs/python-api.md). Importing this package loads
+``load_student``, ``predict`` and ``export_student`` take a finished run out (docs/python-api.md). Importing this package loads
 no torch, no pipeline and no teacher code; ``featcache.train.sweep`` and ``featcache.train.compare``
 are the engine modules.
 """
 
-from .api import Comparison, SweepResult, TrainResult, compare_runs, load_student, train, train_config, train_sweep
+from .api import (Comparison, SweepResult, TrainResult, compare_runs, export_student, load_student, predict, train,
+                  train_config, train_sweep)
 
-__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "load_student", "train", "train_config",
-           "train_sweep"]
+__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "export_student", "load_student", "predict",
+           "train", "train_config", "train_sweep"]

@@ -191,5 +191,31 @@ def load_student(run_dir: str | os.PathLike) -> Any:
     return load(run_dir)
 
 
-__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "load_student", "train", "train_config",
-           "train_sweep"]
+def predict(run_dir: str | os.PathLike, source: Any, *, top_k: int = 5, batch_size: int = 64,
+            progress: bool | None = None, **overrides: Any) -> Any:
+    """``featcache-train predict``: a finished run's student over ``source``, one row per input.
+
+    ``source``: a path or URL (a folder, a .csv/.jsonl manifest, .tar shards or a brace pattern,
+    .parquet files), a config's path (its ``[source]`` table), or a ``[source]`` table as a dict;
+    ``overrides`` are [source] keys (``split="test"``, ``id_column="key"``). Returns ``Predictions``:
+    ``.rows`` (a list of dicts: id, predicted, probability, top1.., label, error), ``.accuracy`` and
+    ``.per_class_accuracy`` with labels, ``.write("p.parquet" | "p.csv")``, ``.to_pandas()``.
+    """
+    from .predict import predict as run_predict
+
+    sets = as_overrides({"source": overrides}) if overrides else []
+    return run_predict(run_dir, source, overrides=sets, top_k=top_k, batch_size=batch_size, progress=progress)
+
+
+def export_student(run_dir: str | os.PathLike, format: str, out: str | os.PathLike, *,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """``featcache-train export``: ``onnx``, ``torchscript`` or ``safetensors`` to ``out``, and the
+    sidecar ``<out>.json`` (returned as a dict: classes, preprocessing, teachers, store, method,
+    test accuracy; for ONNX, ``check``: ONNX Runtime against torch)."""
+    from .export import export_student as run_export
+
+    return run_export(run_dir, format, out, overwrite=overwrite)
+
+
+__all__ = ["Comparison", "SweepResult", "TrainResult", "compare_runs", "export_student", "load_student", "predict",
+           "train", "train_config", "train_sweep"]

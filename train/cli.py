@@ -5,6 +5,8 @@
     featcache-train compare RUNS_DIR [--choose] [--csv F] [--plot F.png]   mean ± std per method, error vs STL
     featcache-train probe CONFIG.toml                                linear probe of each teacher's features
     featcache-train tokt CONFIG.toml [--compare]                     task-oriented transfer (x methods x seeds)
+    featcache-train predict RUN_DIR --source CONFIG.toml|PATH --out FILE.parquet|.csv [--eval]
+    featcache-train export RUN_DIR --format onnx|torchscript|safetensors --out PATH
 """
 
 from __future__ import annotations
@@ -21,13 +23,32 @@ from featcache.plumbing.errors import UsageError
 from .config import TrainConfig
 
 PROG = "featcache-train"
-COMMANDS = ("sweep", "compare", "probe", "tokt")
+COMMANDS = ("sweep", "compare", "probe", "tokt", "predict", "export")
+RUN_COMMANDS = ("predict", "export")  # commands on a finished run directory
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="TOML config (see configs/); every key has a default")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set method.name=stl --set optim.epochs=3")
+
+
+def _run_args(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("run_dir", help="a finished run directory (holding results.json), local or an fsspec URL")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    if command == "export":
+        p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"),
+                       help="onnx (dynamic batch axis), torchscript (traced), safetensors (weights)")
+        p.add_argument("--out", required=True, metavar="PATH", help="the exported file; its sidecar is PATH.json")
+        return
+    p.add_argument("--source", required=True, metavar="CONFIG.toml|PATH",
+                   help="a config's [source] table, or a folder, .csv/.jsonl manifest, .tar shards, .parquet files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="source.KEY=VALUE",
+                   help="override a [source] key, e.g. --set source.split=test --set source.limit=100")
+    p.add_argument("--out", metavar="FILE.parquet|.csv", help="one row per input")
+    p.add_argument("--eval", action="store_true", help="print accuracy and per-class accuracy (a labeled source)")
+    p.add_argument("--top-k", type=int, default=5, help="classes with probabilities per row (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
@@ -40,6 +61,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--choose", action="store_true",
                        help="per method, only the grid point ([method] and [optim] keys) with the best mean "
                             "validation accuracy, with the grid it was chosen from")
+    elif command in RUN_COMMANDS:
+        _run_args(p, command)
     else:
         _config_args(p)
     if command is None:
@@ -98,6 +121,8 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         storage.set_options(cfg.data.storage)
         probe_teachers(cfg)
         return EXIT_OK
+    if command in RUN_COMMANDS:
+        return _handle_run(command, args)
     from .tokt import ToktConfig, compare, run_tokt
     cfg = load_config(ToktConfig, args.config, args.overrides)
     storage.set_options(cfg.data.storage)
@@ -107,6 +132,38 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
     res = run_tokt(cfg)
     print(f"tokt: test accuracy {res['test_accuracy']:.4f} (after step 2 alone: "
           f"{res['pretrain_test_accuracy']:.4f}) -> {cfg.out_dir}/results.json")
+    return EXIT_OK
+
+
+def _handle_run(command: str, args: argparse.Namespace) -> int:
+    import os
+
+    from featcache.plumbing.cli import human_bytes
+
+    if args.out and os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out}: exists (add --overwrite)")
+    if command == "export":
+        from .export import export_student
+        side = export_student(args.run_dir, args.format, args.out, overwrite=True)
+        print(f"export: {args.format} -> {args.out} ({human_bytes(os.path.getsize(args.out))}), sidecar {args.out}.json")
+        check = side.get("check") or {}
+        if check:
+            print(f"onnx: {check['runtime']} vs torch on {check['rows']} random inputs: max |diff| "
+                  f"{check['max_abs_diff']:.2e}")
+        return EXIT_OK
+    from .predict import predict
+    if not (args.out or args.eval):
+        raise UsageError("predict: give --out FILE.parquet|.csv, --eval, or both")
+    if args.out and not args.out.endswith((".parquet", ".csv")):
+        raise UsageError(f"--out {args.out}: write .parquet or .csv")
+    table = predict(args.run_dir, args.source, overrides=args.overrides, top_k=args.top_k, batch_size=args.batch_size)
+    if args.out:
+        table.write(args.out)
+    print(f"predict: {len(table.rows)} rows ({table.invalid} did not decode)" + (f" -> {args.out}" if args.out else ""))
+    if args.eval:
+        if table.accuracy is None:
+            raise UsageError(f"--eval: {args.source} holds no labels of the run's classes")
+        print(table.summary())
     return EXIT_OK
 
 

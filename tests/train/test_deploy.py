@@ -133,3 +133,167 @@ def test_an_unfinished_run_is_refused_in_one_line(image_run, tmp_path, capsys):
     os.remove(os.path.join(half, "results.json"))
     with pytest.raises(RunNotFinished, match="not a finished run"):
         load_student(half)
+
+
+def _real_inputs(run_dir, raw_or_manifest, transform, n=5):
+    """Model inputs of real rows: test images of the synthetic task, or the manifest's reviews."""
+    from featcache.rawdata import fashion_mnist
+    from featcache.train.load import TextTransform
+
+    if isinstance(transform, TextTransform):
+        src = manifest(raw_or_manifest)
+        ids, mask = transform.batch([src.load(i) for i in range(n)])
+        return ids, mask.long()
+    src = fashion_mnist(raw_or_manifest, "test")
+    return (transform.batch([src.load(i) for i in range(n)]),)
+
+
+@pytest.mark.parametrize("which", ["image_run", "text_run"])
+def test_onnx_runtime_equals_the_torch_student(which, request, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from featcache.train.export import export_student, io_names, serving_module
+
+    run_dir, results, raw = request.getfixturevalue(which)
+    out = str(tmp_path / "student.onnx")
+    sidecar = export_student(run_dir, "onnx", out)
+    model, transform, classes = load_student(run_dir)
+    module = serving_module(model, transform)
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    names, _ = io_names(transform)
+    for n in (1, 5):  # the batch axis is dynamic
+        inputs = _real_inputs(run_dir, raw, transform, n)
+        got = session.run(["logits"], {k: t.numpy() for k, t in zip(names, inputs)})[0]
+        with torch.no_grad():
+            want = module(*inputs).numpy()
+        diff = float(np.abs(got - want).max())
+        print(f"{which}: ONNX Runtime vs torch, batch {n}: max |diff| {diff:.2e}")
+        assert got.shape == want.shape and diff <= 1e-4
+    side = json.load(open(out + ".json"))
+    assert side == json.loads(json.dumps(sidecar))
+    assert side["classes"] == classes and side["test_accuracy"] == results["test_accuracy"]
+    assert side["method"] == results["method"] and side["check"]["max_abs_diff"] <= 1e-4
+    assert side["teachers"] == results["store"]["teachers"]
+    assert side["preprocessing"]["kind"] == ("text" if which == "text_run" else "image")
+    if which == "text_run":
+        assert os.path.isfile(out + ".tokenizer.json") and side["preprocessing"]["tokenizer"] == "student.onnx.tokenizer.json"
+
+
+def test_torchscript_and_safetensors_exports_give_the_students_logits(image_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from featcache.train.export import export_student, serving_module
+
+    run_dir, _, raw = image_run
+    model, transform, _ = load_student(run_dir)
+    x, = _real_inputs(run_dir, raw, transform, 3)
+    with torch.no_grad():
+        want = serving_module(model, transform)(x)
+    export_student(run_dir, "torchscript", tmp_path / "s.ts")
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(tmp_path / "s.ts"))(x), want, atol=1e-5)
+    export_student(run_dir, "safetensors", tmp_path / "s.safetensors")
+    state = load_file(str(tmp_path / "s.safetensors"))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_student(run_dir, "safetensors", tmp_path / "s.safetensors")
+
+
+def _write_kinds(raw, folder, n=6):
+    """The first n synthetic test images, plus one corrupt PNG, as an image folder (class
+    sub-folders 0..3), WebDataset shards and a Parquet file, in that order of rows."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featcache.rawdata import fashion_mnist
+
+    src = fashion_mnist(raw, "test")
+    items = []
+    for i in range(n):
+        buf = io.BytesIO()
+        src.load(i).save(buf, format="PNG")
+        items.append((f"img{i}", int(src.labels[i]), buf.getvalue()))
+    items.append(("img_bad", 0, b"\x89PNG\r\n\x1a\n not really a png"))
+    for key, label, data in items:
+        os.makedirs(os.path.join(folder, "images", str(label)), exist_ok=True)
+        open(os.path.join(folder, "images", str(label), f"{key}.png"), "wb").write(data)
+    with tarfile.open(os.path.join(folder, "shard-000000.tar"), "w") as tar:
+        for key, label, data in items:
+            for name, payload in ((f"{key}.png", data), (f"{key}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    pq.write_table(pa.table({"image": [d for _, _, d in items], "label": [lab for _, lab, _ in items],
+                             "key": [k for k, _, _ in items]}), os.path.join(folder, "rows.parquet"))
+    return {"folder": os.path.join(folder, "images"), "shards": os.path.join(folder, "shard-000000.tar"),
+            "parquet": os.path.join(folder, "rows.parquet")}
+
+
+def test_predict_over_a_folder_shards_and_parquet_gives_a_reason_for_the_corrupt_input(image_run, tmp_path):
+    pytest.importorskip("pyarrow")
+    from featcache.train.predict import predict
+
+    run_dir, _, raw = image_run
+    model, transform, classes = load_student(run_dir)
+    kinds = _write_kinds(raw, str(tmp_path))
+    from featcache.rawdata import fashion_mnist
+    src = fashion_mnist(raw, "test")
+    with torch.no_grad():
+        want = model(transform.batch([src.load(i) for i in range(6)]))[0].softmax(1)
+    seen = {}
+    for kind, path in kinds.items():
+        sets = ["source.id_column=key"] if kind == "parquet" else []  # --set works on a path's table too
+        table = predict(run_dir, path, overrides=sets, top_k=3, batch_size=4, progress=False)
+        assert len(table.rows) == 7, kind
+        bad = [r for r in table.rows if r["error"]]
+        assert len(bad) == 1 and "img_bad" in bad[0]["id"] and bad[0]["predicted"] == "", (kind, bad)
+        good = {r["id"]: r for r in table.rows if not r["error"]}
+        by_key = {next(k for k in good if f"img{i}" in k): i for i in range(6)}
+        for key, i in by_key.items():
+            row = good[key]
+            assert row["predicted"] == classes[int(want[i].argmax())] == row["top1"], (kind, key)
+            assert abs(row["probability"] - float(want[i].max())) < 1e-5
+            assert row["top1_probability"] >= row["top2_probability"] >= row["top3_probability"]
+        seen[kind] = (table.accuracy, sorted((by_key[k], good[k]["predicted"]) for k in by_key))
+    assert seen["folder"] == seen["shards"] == seen["parquet"]
+
+
+def test_predict_eval_equals_the_runs_test_accuracy(image_run, tmp_path, capsys):
+    from featcache.train.cli import main
+    from featcache.train.predict import predict
+
+    run_dir, results, raw = image_run
+    cfg = tmp_path / "source.toml"
+    cfg.write_text(f'[source]\nkind = "fashion_mnist"\nroot = {raw!r}\n[output]\nstore = "ignored.zarr"\n')
+    table = predict(run_dir, str(cfg), overrides=["source.split=test"], progress=False)
+    assert table.evaluated == results["test_rows"] == 96
+    assert table.accuracy == pytest.approx(results["test_accuracy"], abs=1e-12)
+    named = dict(zip(results["classes"], results["test_per_class_accuracy"]))
+    assert table.per_class_accuracy == pytest.approx({c: named[c] for c in table.per_class_accuracy})
+    out = str(tmp_path / "p.csv")
+    assert main(["predict", run_dir, "--source", str(cfg), "--set", "source.split=test", "--out", out, "--eval",
+                 "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {results['test_accuracy']:.4f} on 96 labeled rows" in printed
+    import csv
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 96 and list(rows[0]) == ["id", "predicted", "probability", "top1", "top1_probability", "top2",
+                                                 "top2_probability", "label", "error"]
+
+
+def test_cli_refuses_an_unfinished_run_in_one_line_exit_1(image_run, tmp_path, capsys):
+    from featcache.train.cli import main
+
+    run_dir, _, raw = image_run
+    half = str(tmp_path / "half")
+    shutil.copytree(run_dir, half)
+    os.remove(os.path.join(half, "results.json"))
+    for argv in (["predict", half, "--source", os.path.join(raw), "--out", str(tmp_path / "p.parquet")],
+                 ["export", half, "--format", "onnx", "--out", str(tmp_path / "s.onnx")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not a finished run" in err[0], err
+    assert main(["export", run_dir, "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert "sidecar" in capsys.readouterr().out
