@@ -96,9 +96,13 @@ def model_card(out_dir: str, config: dict[str, Any], results: dict[str, Any], we
     lines += [f"| {classes[i] if i < len(classes) else i} | {a:.4f} |" for i, a in enumerate(per_class)]
     lines += [
         "", "## Use", "", "```python",
-        "from featcache.train import load_student",
+        "from featcache.train import load_student, predict",
         f"model, transform, classes = load_student({out_dir!r})",
         "logits, _ = model(transform.batch([" + ("'some text'" if text else "pil_image") + "]))",
+        f"preds = predict({out_dir!r}, 'SOURCE')  # a folder, manifest, shards, Parquet, or a config's [source]",
         "```", "",
+        f"    featcache-train predict {out_dir} --source SOURCE --out predictions.parquet [--eval]",
+        f"    featcache-train export {out_dir} --format onnx --out student.onnx   # or torchscript, safetensors",
+        "",
     ]
     return "\n".join(lines)

@@ -87,7 +87,7 @@ def test_a_copied_run_loads_with_its_classes_transform_and_card(image_run, tmp_p
     assert tuple(logits.shape) == (4, 10)
     card = open(os.path.join(run_dir, "MODEL_CARD.md")).read()
     for needle in ("small_cnn", "oracle", results["store"]["teachers"]["oracle"], "label budget: 20",
-                   f"{results['test_accuracy']:.4f}", "beta = 1.0", "load_student"):
+                   f"{results['test_accuracy']:.4f}", "beta = 1.0", "load_student", "featcache-train predict", "--format onnx"):
         assert needle in card, needle
 
 
