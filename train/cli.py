@@ -145,7 +145,8 @@ def _handle_run(command: str, args: argparse.Namespace) -> int:
     if command == "export":
         from .export import export_student
         side = export_student(args.run_dir, args.format, args.out, overwrite=True)
-        print(f"export: {args.format} -> {args.out} ({human_bytes(os.path.getsize(args.out))}), sidecar {args.out}.json")
+        size = human_bytes(os.path.getsize(args.out))
+        print(f"export: {args.format} -> {args.out} ({size}), sidecar {args.out}.json")
         check = side.get("check") or {}
         if check:
             print(f"onnx: {check['runtime']} vs torch on {check['rows']} random inputs: max |diff| "

@@ -62,7 +62,8 @@ def serving_module(model: nn.Module, transform: ImageTransform | TextTransform) 
     return (TextLogits if isinstance(transform, TextTransform) else ImageLogits)(model).eval()
 
 
-def example_inputs(transform: ImageTransform | TextTransform, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(transform: ImageTransform | TextTransform, batch: int = 2,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Inputs of the right shapes and dtypes (random pixels, or random tokens with some padding)."""
     g = torch.Generator().manual_seed(seed)
     if isinstance(transform, TextTransform):

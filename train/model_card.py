@@ -86,7 +86,8 @@ def model_card(out_dir: str, config: dict[str, Any], results: dict[str, Any], we
                                                  else f"{optim.get('epochs')} epochs") + f"; seed {config.get('seed')}",
         f"- label budget: {f'{budget} labeled rows per class' if budget else 'every labeled row'} "
         f"({results.get('train_rows')} training rows); unlabeled rows per batch: {data.get('unlabeled_per_batch', 0)}",
-        f"- wall time {results.get('wall_seconds', 0):.0f} s on {results.get('device')} x{results.get('world_size', 1)}",
+        f"- wall time {results.get('wall_seconds', 0):.0f} s on {results.get('device')} "
+        f"x{results.get('world_size', 1)}",
         "", "## Accuracy", "",
         f"- validation {_acc(results.get('val_accuracy'))}; test {_acc(results.get('test_accuracy'))} on "
         f"{results.get('test_rows')} rows", "",

@@ -157,8 +157,8 @@ def predict(run_dir: str | os.PathLike, source: Any, *, overrides: Sequence[str]
                           f"{'text' if text else 'images'}")
     model.to(device)
     k = min(top_k, len(classes))
-    columns = ["id", "predicted", "probability", *[c for j in range(1, k + 1) for c in (f"top{j}", f"top{j}_probability")],
-               "label", "error"]
+    tops = [c for j in range(1, k + 1) for c in (f"top{j}", f"top{j}_probability")]
+    columns = ["id", "predicted", "probability", *tops, "label", "error"]
     label_of = _label_map(src, classes)
     names = list(src.classes)
     rows: list[dict[str, Any]] = []

@@ -69,7 +69,8 @@ class TinyViT(nn.Module):
 
     def forward(self, x):
         tokens = self.patchify(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
+        # x.shape[0], not len(x): a traced export (ONNX) keeps the batch size dynamic
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
         h = self.norm(self.encoder(tokens)[:, 0])
         return self.head(h), h
 

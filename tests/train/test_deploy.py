@@ -87,7 +87,8 @@ def test_a_copied_run_loads_with_its_classes_transform_and_card(image_run, tmp_p
     assert tuple(logits.shape) == (4, 10)
     card = open(os.path.join(run_dir, "MODEL_CARD.md")).read()
     for needle in ("small_cnn", "oracle", results["store"]["teachers"]["oracle"], "label budget: 20",
-                   f"{results['test_accuracy']:.4f}", "beta = 1.0", "load_student", "featcache-train predict", "--format onnx"):
+                   f"{results['test_accuracy']:.4f}", "beta = 1.0", "load_student", "featcache-train predict",
+                   "--format onnx"):
         assert needle in card, needle
 
 
@@ -175,7 +176,8 @@ def test_onnx_runtime_equals_the_torch_student(which, request, tmp_path):
     assert side["teachers"] == results["store"]["teachers"]
     assert side["preprocessing"]["kind"] == ("text" if which == "text_run" else "image")
     if which == "text_run":
-        assert os.path.isfile(out + ".tokenizer.json") and side["preprocessing"]["tokenizer"] == "student.onnx.tokenizer.json"
+        assert os.path.isfile(out + ".tokenizer.json")
+        assert side["preprocessing"]["tokenizer"] == "student.onnx.tokenizer.json"
 
 
 def test_torchscript_and_safetensors_exports_give_the_students_logits(image_run, tmp_path):
@@ -297,3 +299,21 @@ def test_cli_refuses_an_unfinished_run_in_one_line_exit_1(image_run, tmp_path, c
         assert len(err) == 1 and "not a finished run" in err[0], err
     assert main(["export", run_dir, "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]) == 0
     assert "sidecar" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "vit_tiny", "text_cnn", "text_transformer"])
+def test_every_built_in_student_exports_to_onnx_with_a_dynamic_batch(name, tmp_path):
+    """Traced at batch 2, run at batch 3 (vit_tiny once froze the batch size into its class token)."""
+    pytest.importorskip("onnxruntime")
+    from featcache.train.data import load_tokenizer
+    from featcache.train.export import _onnx, serving_module
+    from featcache.train.load import ImageTransform, TextTransform
+    from featcache.train.students import StudentSpec, build_student
+
+    text = name.startswith("text")
+    tok = load_tokenizer(TOKENIZER) if text else None
+    torch.manual_seed(0)
+    model = build_student(StudentSpec(name, 5, 32, tok.vocab_size if text else 100, 16, 32)).eval()
+    transform = TextTransform(tok, 16) if text else ImageTransform(32, "bilinear")
+    check = _onnx(serving_module(model, transform), transform, str(tmp_path / "s.onnx"))
+    assert check["rows"] == 3 and check["max_abs_diff"] <= 1e-4, check
