@@ -317,3 +317,16 @@ def test_every_built_in_student_exports_to_onnx_with_a_dynamic_batch(name, tmp_p
     transform = TextTransform(tok, 16) if text else ImageTransform(32, "bilinear")
     check = _onnx(serving_module(model, transform), transform, str(tmp_path / "s.onnx"))
     assert check["rows"] == 3 and check["max_abs_diff"] <= 1e-4, check
+
+
+def test_predict_over_a_text_manifest_with_a_broken_line(text_run, tmp_path):
+    from featcache.train.predict import predict
+
+    run_dir, _, jsonl = text_run
+    broken = tmp_path / "reviews.jsonl"
+    broken.write_text(open(jsonl).read() + '{"text": "cut off\n')
+    table = predict(run_dir, str(broken), batch_size=50, progress=False)
+    assert len(table.rows) == 241 and table.invalid == 1
+    assert table.rows[-1]["error"] and table.rows[-1]["predicted"] == ""
+    assert table.evaluated == 240 and table.accuracy > 0.9, table.accuracy
+    assert set(table.per_class_accuracy) == {"neg", "pos"} and table.columns[3:5] == ["top1", "top1_probability"]
