@@ -31,7 +31,7 @@ from featcache.train.config import TrainConfig
 from featcache.train.data import FeatureBank, build_splits
 from featcache.train.export import serving_module
 from featcache.train.load import load_student, open_run
-from featcache.train.predict import predict
+from featcache.train.prediction import predict
 from featcache.train.probe import fit_linear_probe, probe_accuracy
 
 

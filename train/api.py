@@ -201,7 +201,7 @@ def predict(run_dir: str | os.PathLike, source: Any, *, top_k: int = 5, batch_si
     ``.rows`` (a list of dicts: id, predicted, probability, top1.., label, error), ``.accuracy`` and
     ``.per_class_accuracy`` with labels, ``.write("p.parquet" | "p.csv")``, ``.to_pandas()``.
     """
-    from .predict import predict as run_predict
+    from .prediction import predict as run_predict
 
     sets = as_overrides({"source": overrides}) if overrides else []
     return run_predict(run_dir, source, overrides=sets, top_k=top_k, batch_size=batch_size, progress=progress)

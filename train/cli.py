@@ -152,7 +152,7 @@ def _handle_run(command: str, args: argparse.Namespace) -> int:
             print(f"onnx: {check['runtime']} vs torch on {check['rows']} random inputs: max |diff| "
                   f"{check['max_abs_diff']:.2e}")
         return EXIT_OK
-    from .predict import predict
+    from .prediction import predict
     if not (args.out or args.eval):
         raise UsageError("predict: give --out FILE.parquet|.csv, --eval, or both")
     if args.out and not args.out.endswith((".parquet", ".csv")):

@@ -235,7 +235,7 @@ def _write_kinds(raw, folder, n=6):
 
 def test_predict_over_a_folder_shards_and_parquet_gives_a_reason_for_the_corrupt_input(image_run, tmp_path):
     pytest.importorskip("pyarrow")
-    from featcache.train.predict import predict
+    from featcache.train.prediction import predict
 
     run_dir, _, raw = image_run
     model, transform, classes = load_student(run_dir)
@@ -264,7 +264,7 @@ def test_predict_over_a_folder_shards_and_parquet_gives_a_reason_for_the_corrupt
 
 def test_predict_eval_equals_the_runs_test_accuracy(image_run, tmp_path, capsys):
     from featcache.train.cli import main
-    from featcache.train.predict import predict
+    from featcache.train.prediction import predict
 
     run_dir, results, raw = image_run
     cfg = tmp_path / "source.toml"
@@ -320,7 +320,7 @@ def test_every_built_in_student_exports_to_onnx_with_a_dynamic_batch(name, tmp_p
 
 
 def test_predict_over_a_text_manifest_with_a_broken_line(text_run, tmp_path):
-    from featcache.train.predict import predict
+    from featcache.train.prediction import predict
 
     run_dir, _, jsonl = text_run
     broken = tmp_path / "reviews.jsonl"
@@ -330,3 +330,14 @@ def test_predict_over_a_text_manifest_with_a_broken_line(text_run, tmp_path):
     assert table.rows[-1]["error"] and table.rows[-1]["predicted"] == ""
     assert table.evaluated == 240 and table.accuracy > 0.9, table.accuracy
     assert set(table.per_class_accuracy) == {"neg", "pos"} and table.columns[3:5] == ["top1", "top1_probability"]
+
+
+def test_the_api_names_stay_functions_after_the_engines_are_imported():
+    """A module named like an API function would replace it on the package once imported."""
+    import featcache.train
+    import featcache.train.export  # noqa: F401
+    import featcache.train.load  # noqa: F401
+    import featcache.train.prediction  # noqa: F401
+
+    for name in ("predict", "load_student", "export_student"):
+        assert callable(getattr(featcache.train, name)), name
