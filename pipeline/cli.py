@@ -3,6 +3,9 @@
     featcache-extract CONFIG.toml [--set k=v ...] [--add-teacher] [--teachers A,B]   cache teacher features
     featcache-extract CONFIG.toml --index-only      the rows only (ids, labels, validity): an evaluation
                                                     split for stage 2, teachers can be added later
+    featcache-extract CONFIG.toml --worker I/N      the I-th of N shares of the partitions (one task of
+                                                    a SLURM array or an indexed Job), then exit
+    featcache-extract CONFIG.toml --prepare         create the store and its index for the workers
     featcache-extract finetune CONFIG.toml [--set k=v ...]          fine-tune a teacher with a task
                                                                     head, cache its logits (TOKT step 1)
 """
@@ -38,6 +41,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--index-only", action="store_true",
                        help="write the rows (ids, labels, validity) and no teacher: a test split for stage 2, "
                             "which evaluates students on raw inputs; --add-teacher can add teachers later")
+        p.add_argument("--worker", metavar="I/N",
+                       help="extract the I-th of N shares of the partitions (I from 0) into the shared store "
+                            "and exit; workers start, stop and rerun in any order, and need no process group")
+        p.add_argument("--prepare", action="store_true",
+                       help="only create (or check) the store, its teachers and the source's index, for "
+                            "--worker processes to start on; without it the first worker does this")
     storage.add_flag(p)
     add_debug_flag(p)
     return p
@@ -65,11 +74,19 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         from .finetune import FinetuneConfig, run_finetune
         run_finetune(load_config(FinetuneConfig, args.config, args.overrides))
         return EXIT_OK
-    from .extract import run_extract
+    from .extract import run_extract, run_prepare
+    from .workers import parse_worker
 
+    worker = parse_worker(args.worker) if args.worker is not None else None
+    if worker is not None and args.prepare:
+        raise UsageError("--prepare and --worker: run --prepare once, then the workers")
     cfg = select_teachers(load_config(ExtractConfig, args.config, args.overrides), args.teachers,
                           args.index_only)
-    s = run_extract(cfg, add_teacher=args.add_teacher)
+    if args.prepare:
+        run_prepare(cfg, add_teacher=args.add_teacher)
+        print(f"prepared  {cfg.output.store}: start the --worker I/N processes")
+        return EXIT_OK
+    s = run_extract(cfg, add_teacher=args.add_teacher, worker=worker)
     if s is not None:
         teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items()) or "none (index only)"
         print(f"store     {s.path} ({'complete' if s.complete else 'INCOMPLETE'}, {human_bytes(s.size_bytes)})")

@@ -23,6 +23,7 @@ from featcache.cache_tools import CacheError, FeatureCache
 from featcache.cache_tools.locate import capabilities_of, detect_backend
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError
+from featcache.plumbing.errors import UsageError
 from featcache.plumbing.distributed import Dist, all_sum, barrier, patient_group, setup, teardown
 from featcache.rawdata import InputError, Source, clean_reason
 from featcache.rawdata.views import EVAL_VIEW, apply_view, sample_view
@@ -30,6 +31,7 @@ from featcache.rawdata.views import EVAL_VIEW, apply_view, sample_view
 from .config import ExtractConfig
 from .prepare import MAIN_RANK_WAIT, backend_of, open_on_main, open_on_other_rank, report_other_ranks
 from .teachers import Teacher
+from .workers import clear_prepared, mark_prepared, prepare_once
 
 
 class ExtractError(CacheError):
@@ -159,35 +161,68 @@ def _stop_over_budget(cfg: ExtractConfig, cache: FeatureCache, invalid: int, row
                            f"{cfg.max_invalid_fraction} of {rows}; see {logged}")
 
 
-def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> Summary | None:
-    """The run's summary; None on the other ranks under torchrun (rank 0 reports for all)."""
+def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print,
+                worker: tuple[int, int] | None = None) -> Summary | None:
+    """The run's summary; None on the other ranks under torchrun (rank 0 reports for all).
+    ``worker=(i, n)``: this process takes the i-th of n shares of the partitions, with no process
+    group (workers.py); the store is complete once every share has run."""
     storage.set_options(cfg.output.storage)
+    if worker is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--worker splits the work without torchrun: start one process per worker")
     dist_ = setup()
     try:
-        summary = _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None))
+        summary = _run(cfg, add_teacher, dist_, log if dist_.is_main else (lambda _m: None), worker)
         return summary if dist_.is_main else None
     finally:
         teardown()
 
 
-def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log) -> Summary:
-    if dist_.world > 1 and not capabilities_of(cfg.output.store, backend_of(cfg)).concurrent_writers:
+def run_prepare(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> None:
+    """Create (or check) the store, add the teachers and keep the source's index, then mark it
+    prepared, so that ``--worker`` processes start on it at once."""
+    storage.set_options(cfg.output.storage)
+    clear_prepared(cfg.output.store)
+    open_on_main(cfg, add_teacher, Dist(), log)
+    mark_prepared(cfg.output.store)
+
+
+def _open_as_worker(cfg: ExtractConfig, add_teacher: bool, index: int, log) -> tuple[Source, list[Teacher]]:
+    """The store prepared by exactly one worker (or --prepare), then the source and teachers."""
+    opened: list[tuple[Source, list[Teacher]]] = []
+    prepare_once(cfg.output.store, index, lambda: opened.append(open_on_main(cfg, add_teacher, Dist(), log)), log)
+    if opened:
+        return opened[0]
+    source, teachers = open_on_other_rank(cfg, Dist())
+    with FeatureCache.open(cfg.output.store, backend=backend_of(cfg)) as cache:
+        missing = [t.name for t in teachers if t.name not in cache.teachers]
+    if missing:
+        raise UsageError(f"{cfg.output.store}: was prepared without teachers {missing}; run "
+                         "featcache-extract CONFIG --prepare (with --add-teacher to add them) before the workers")
+    return source, teachers
+
+
+def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log, worker: tuple[int, int] | None = None) -> Summary:
+    share, shares = worker or (dist_.rank, dist_.world)
+    if shares > 1 and not capabilities_of(cfg.output.store, backend_of(cfg)).concurrent_writers:
         raise ConfigError(f"output.backend: {backend_of(cfg) or detect_backend(cfg.output.store)} allows one writer "
-                          "per store; use Zarr under torchrun")
-    waiting = patient_group(MAIN_RANK_WAIT) if dist_.world > 1 else None
-    if dist_.is_main:
-        source, teachers = open_on_main(cfg, add_teacher, dist_, log)
-    barrier(waiting)  # the store exists now, holding the source's index
-    if not dist_.is_main:
-        source, teachers = open_on_other_rank(cfg, dist_)
-    report_other_ranks(source, dist_, log)
+                          "per store; use Zarr under torchrun or with --worker I/N for N > 1")
+    if worker is not None:
+        source, teachers = _open_as_worker(cfg, add_teacher, share, log)
+    else:
+        waiting = patient_group(MAIN_RANK_WAIT) if dist_.world > 1 else None
+        if dist_.is_main:
+            source, teachers = open_on_main(cfg, add_teacher, dist_, log)
+        barrier(waiting)  # the store exists now, holding the source's index
+        if not dist_.is_main:
+            source, teachers = open_on_other_rank(cfg, dist_)
+        report_other_ranks(source, dist_, log)
     cache = FeatureCache.open(cfg.output.store, mode="r+", backend=backend_of(cfg))
     # only this run's parts: another process may be adding its own teacher to the store right now;
     # markers read once: during the run each partition has one writer, this process
     ours = [cache.index.key, *(cache.teacher(t.name).key for t in teachers)]
     done = cache.trusted_done(ours)
     todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
-    mine = [p for p in todo if p % dist_.world == dist_.rank]
+    mine = [p for p in todo if p % shares == share]  # by partition id: the same share on every rerun
     skipped = cache.num_partitions - len(todo)
     if skipped:
         log(f"resuming: {skipped} of {cache.num_partitions} partitions already done")

@@ -74,6 +74,17 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, handler: Callable[[argpa
         return code
 
 
+def parse_worker(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; a UsageError (exit 2) otherwise."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--worker {text!r}: expected I/N, e.g. 0/3 (I counts from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--worker {text}: I must be in 0..N-1 (I counts from 0), got I={i}, N={n}")
+    return i, n
+
+
 def add_debug_flag(parser: argparse.ArgumentParser, default: object = False) -> None:
     """``--debug`` anywhere on the line; sub-commands pass SUPPRESS so they do not reset it."""
     parser.add_argument("--debug", action="store_true", default=default,

@@ -1,0 +1,110 @@
+"""featcache-extract --worker I/N and --prepare: shares run by separate processes, in any order,
+killed and rerun, give the store one process gives."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from featcache.cache_tools import FeatureCache, verify
+from featcache.pipeline.workers import parse_worker
+from featcache.plumbing.errors import UsageError
+
+from extract_helpers import exe, make_images, timm_teacher, write_extract_config  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in every process: bit-equal features
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, timm_ckpt):
+    """The images and a one-process reference store."""
+    root = tmp_path_factory.mktemp("workers")
+    images = make_images(root / "imgs", classes=3, per_class=8)
+    ref = _config(root, images, timm_ckpt, root / "ref.zarr")
+    res = subprocess.run([exe("featcache-extract"), ref], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stderr
+    return images, timm_ckpt, str(root / "ref.zarr")
+
+
+def _config(folder, images, ckpt, store):
+    return write_extract_config(folder / f"{os.path.basename(str(store))}.toml", store,
+                                {"kind": "image_folder", "root": images}, [timm_teacher(ckpt, image_size=64)],
+                                views=2, batch_size=4, output={"partition_rows": 4})
+
+
+def _worker(cfg, share, **kw):
+    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _finish(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return out + err
+
+
+def _assert_same_store(ref, store):
+    a, b = FeatureCache.open(ref), FeatureCache.open(store)
+    assert b.is_complete and verify(b).ok
+    for name in ("sample_ids", "labels", "valid", "view_params"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
+    assert {k: v["checksum"] for k, v in a.store.markers().items()} == \
+           {k: v["checksum"] for k, v in b.store.markers().items()}
+
+
+def test_three_workers_started_together_equal_one_process(setup, tmp_path):
+    images, ckpt, ref = setup
+    store = str(tmp_path / "three.zarr")
+    cfg = _config(tmp_path, images, ckpt, store)
+    procs = [_worker(cfg, f"{i}/3") for i in range(3)]
+    logs = [_finish(p) for p in procs]
+    assert sum("waiting for another worker to prepare" in log for log in logs) <= 2
+    assert not os.path.exists(store + ".prepare.lock") and os.path.exists(store + ".prepared")
+    _assert_same_store(ref, store)
+
+
+def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
+    images, ckpt, ref = setup
+    store = str(tmp_path / "killed.zarr")
+    cfg = _config(tmp_path, images, ckpt, store)
+    prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=ENV)
+    assert prep.returncode == 0 and "prepared" in prep.stdout, prep.stderr
+    assert not FeatureCache.open(store).index.done()  # --prepare writes no partition
+    proc = _worker(cfg, "2/3")
+    markers = os.path.join(store, "_partitions", "effnet")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(markers) and os.listdir(markers):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _finish(_worker(cfg, "1/3"))
+    _finish(_worker(cfg, "2/3"))  # the killed share, rerun
+    assert not FeatureCache.open(store).is_complete  # share 0 has not run
+    _finish(_worker(cfg, "0/3"))
+    _assert_same_store(ref, store)
+    again = _finish(_worker(cfg, "0/3"))  # a rerun of a finished share does nothing
+    assert "resuming: 6 of 6 partitions already done" in again
+
+
+@pytest.mark.parametrize("bad", ["3/3", "-1/3", "0/0", "x", "1/2/3"])
+def test_bad_worker_value_is_a_usage_error(bad, tmp_path):
+    with pytest.raises(UsageError):
+        parse_worker(bad)
+    res = subprocess.run([exe("featcache-extract"), str(tmp_path / "none.toml"), f"--worker={bad}"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--worker" in res.stderr
+
+
+def test_hdf5_refuses_several_workers_in_one_line(setup, tmp_path):
+    images, ckpt, _ref = setup
+    cfg = _config(tmp_path, images, ckpt, tmp_path / "one.h5")
+    res = subprocess.run([exe("featcache-extract"), cfg, "--worker", "0/2"], capture_output=True, text=True)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "one writer" in res.stderr and not os.path.exists(tmp_path / "one.h5")
