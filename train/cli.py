@@ -73,6 +73,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are split between them)")
         p.add_argument("--out", help="runs directory (default: the config's out_dir)")
         p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+        p.add_argument("--worker", metavar="I/N",
+                       help="run only the I-th of N shares of the grid's runs (I from 0) into the shared --out, "
+                            "one process per share under any scheduler")
         p.add_argument("--then-seeds", default="", metavar="S1,S2",
                        help="after the grid, each method's point chosen on validation runs again with these "
                             "seeds (tune on the config's seed, measure on more)")
@@ -90,6 +93,7 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         run(load_config(TrainConfig, args.config, args.overrides), resume=args.resume)  # run registers [data.storage]
         return EXIT_OK
     if command == "sweep":
+        from featcache.plumbing.cli import parse_worker
         from .sweep import run_sweep
         if not args.grid:
             raise UsageError("sweep: give at least one --grid KEY=V1,V2,...")
@@ -99,8 +103,9 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
             then_seeds = [int(x) for x in args.then_seeds.split(",") if x.strip()]
         except ValueError as exc:
             raise UsageError(f"--then-seeds {args.then_seeds!r}: expected seeds like 1,2") from exc
+        worker = parse_worker(args.worker) if args.worker is not None else None
         res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run,
-                        then_seeds=then_seeds)
+                        then_seeds=then_seeds, worker=worker)
         if not args.dry_run:
             print(f"table: {PROG} compare {res['root']}")
         return EXIT_DATA if res["failed"] else EXIT_OK

@@ -4,7 +4,9 @@ Each run lives in ``RUNS_DIR/<method>-<hash>``, the hash taken over its resolved
 config (``out_dir`` left out), so the same combination always lands in the same
 directory. A directory with ``results.json`` is finished and skipped; one with
 only a checkpoint is resumed. An interrupted sweep therefore continues where it
-stopped, and a finished one runs nothing.
+stopped, and a finished one runs nothing. ``--worker I/N`` runs only every N-th run of the grid
+from the I-th (grid order), so N processes of any scheduler share one runs directory; ``compare``
+reads it while they run (it skips runs without ``results.json``).
 
 Grid keys are config keys (``optim.lr``), with two short forms: ``method`` for
 ``method.name``, and ``<method>.<param>`` (``aft.beta``) for a method parameter
@@ -193,15 +195,22 @@ def execute(todo: Sequence[PlannedRun], jobs: int, log: Log) -> list[str]:
 
 def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], jobs: int = 1,
               root: str | None = None, dry_run: bool = False, log: Log = print,
-              then_seeds: Sequence[int] = ()) -> dict[str, Any]:
+              then_seeds: Sequence[int] = (), worker: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``worker=(i, n)``: only the grid's runs i, i + n, i + 2n, ... (the whole grid is still planned
+    and recorded, so every worker checks every value and writes the same sweep file)."""
+    if worker is not None and then_seeds:
+        raise ConfigError("--then-seeds chooses over the whole grid: run it once every --worker has finished")
     axes = [parse_axis(g) for g in grid]
     runs = plan(config_path, overrides, axes, root)
     root = os.path.dirname(runs[0].config["out_dir"]) if runs else (root or "")
-    todo = [r for r in runs if status(r) != "done"]
-    log(f"sweep: {len(runs)} runs in {root} ({len(runs) - len(todo)} already finished, {len(todo)} to run"
+    share, shares = worker or (0, 1)
+    mine = runs[share::shares]
+    todo = [r for r in mine if status(r) != "done"]
+    log(f"sweep: {len(runs)} runs in {root}" + (f", worker {share}/{shares} takes {len(mine)}" if worker else "")
+        + f" ({len(mine) - len(todo)} already finished, {len(todo)} to run"
         + (f", {jobs} at a time)" if jobs > 1 else ")"))
     if dry_run:
-        for r in runs:
+        for r in mine:
             log(f"  {status(r):<6} {r.name}")
         return {"root": root, "runs": len(runs), "ran": 0, "failed": []}
     os.makedirs(root, exist_ok=True)

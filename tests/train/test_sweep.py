@@ -167,3 +167,27 @@ def test_parallel_jobs_give_the_same_runs(synth, tmp_path):
     assert "2 at a time" in res.stdout
     done = [d for d in os.listdir(runs_dir) if (runs_dir / d / "results.json").exists()]
     assert len(done) == 2 and all((runs_dir / d / "train.log").stat().st_size > 0 for d in done)
+
+
+def test_workers_share_a_grid_and_compare_reads_it_meanwhile(synth, tmp_path):
+    """--worker 0/2 and 1/2 started together run each grid point once; compare reads a part-done dir."""
+    runs_dir, cfg = tiny_runs(synth, tmp_path)
+    grid = ["--grid", "method=stl,aft", "--grid", "seed=0,1", "--set", "data.label_budget=40"]
+    names = {r.name for r in plan(cfg, ["data.label_budget=40"], [parse_axis("method=stl,aft"),
+                                                                 parse_axis("seed=0,1")])}
+    procs = [subprocess.Popen([EXE, "sweep", cfg, *grid, "--worker", f"{i}/2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert all("worker" in o[0] and "2 to run" in o[0] for o in outs), outs
+    logs = {d: (runs_dir / d / "train.log").read_text() for d in os.listdir(runs_dir) if (runs_dir / d).is_dir()}
+    assert set(logs) == names and all(log.count("test accuracy") == 1 for log in logs.values())
+    assert all((runs_dir / d / "results.json").exists() for d in names)
+    os.makedirs(runs_dir / "aft-unfinished")  # a run another worker has only started
+    (runs_dir / "aft-unfinished" / "train.log").write_text("step 1\n")
+    out = subprocess.run([EXE, "compare", str(runs_dir)], capture_output=True, text=True)
+    assert out.returncode == 0 and "| stl |" in out.stdout and "| aft |" in out.stdout, out.stderr
+    again = sweep(cfg, *grid, "--worker", "1/2")
+    assert again.returncode == 0 and "2 already finished, 0 to run" in again.stdout, again.stdout
+    bad = sweep(cfg, *grid, "--worker", "2/2")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
