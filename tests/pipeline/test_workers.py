@@ -13,9 +13,13 @@ from featcache.cache_tools import FeatureCache, verify
 from featcache.pipeline.workers import parse_worker
 from featcache.plumbing.errors import UsageError
 
-from extract_helpers import exe, make_images, timm_teacher, write_extract_config  # noqa: E402
+from extract_helpers import BUCKET, exe, make_images, timm_teacher, write_extract_config  # noqa: E402
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in every process: bit-equal features
+
+
+def env():
+    """Read at each start: the s3 fixture puts its keys in os.environ. One thread: bit-equal features."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +28,19 @@ def setup(tmp_path_factory, timm_ckpt):
     root = tmp_path_factory.mktemp("workers")
     images = make_images(root / "imgs", classes=3, per_class=8)
     ref = _config(root, images, timm_ckpt, root / "ref.zarr")
-    res = subprocess.run([exe("featcache-extract"), ref], capture_output=True, text=True, env=ENV)
+    res = subprocess.run([exe("featcache-extract"), ref], capture_output=True, text=True, env=env())
     assert res.returncode == 0, res.stderr
     return images, timm_ckpt, str(root / "ref.zarr")
 
 
-def _config(folder, images, ckpt, store):
+def _config(folder, images, ckpt, store, **output):
     return write_extract_config(folder / f"{os.path.basename(str(store))}.toml", store,
                                 {"kind": "image_folder", "root": images}, [timm_teacher(ckpt, image_size=64)],
-                                views=2, batch_size=4, output={"partition_rows": 4})
+                                views=2, batch_size=4, output={"partition_rows": 4, **output})
 
 
 def _worker(cfg, share, **kw):
-    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=ENV, text=True,
+    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
@@ -46,8 +50,8 @@ def _finish(proc):
     return out + err
 
 
-def _assert_same_store(ref, store):
-    a, b = FeatureCache.open(ref), FeatureCache.open(store)
+def _assert_same_store(ref, store, **kw):
+    a, b = FeatureCache.open(ref), FeatureCache.open(store, **kw)
     assert b.is_complete and verify(b).ok
     for name in ("sample_ids", "labels", "valid", "view_params"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -71,7 +75,7 @@ def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
     images, ckpt, ref = setup
     store = str(tmp_path / "killed.zarr")
     cfg = _config(tmp_path, images, ckpt, store)
-    prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=ENV)
+    prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=env())
     assert prep.returncode == 0 and "prepared" in prep.stdout, prep.stderr
     assert not FeatureCache.open(store).index.done()  # --prepare writes no partition
     proc = _worker(cfg, "2/3")
@@ -108,3 +112,17 @@ def test_hdf5_refuses_several_workers_in_one_line(setup, tmp_path):
     res = subprocess.run([exe("featcache-extract"), cfg, "--worker", "0/2"], capture_output=True, text=True)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "one writer" in res.stderr and not os.path.exists(tmp_path / "one.h5")
+
+
+def test_workers_on_the_loopback_s3_server_worker_0_prepares(setup, s3, tmp_path):
+    """No exclusive create on object storage: worker 1 waits for worker 0 to prepare, started after it."""
+    pytest.importorskip("s3fs")
+    images, ckpt, ref = setup
+    store = f"s3://{BUCKET}/workers/two.zarr"
+    cfg = _config(tmp_path, images, ckpt, store, storage={"endpoint_url": s3["endpoint"]})
+    first = _worker(cfg, "1/2")
+    time.sleep(2)
+    second = _worker(cfg, "0/2")
+    assert "waiting for another worker to prepare" in _finish(first)
+    _finish(second)
+    _assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
