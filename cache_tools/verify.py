@@ -163,6 +163,8 @@ def _recorded_fingerprints(source: dict[str, Any]) -> dict[str, str] | None:
 def _check_source_index(cache: FeatureCache, damaged: set[str], report: VerifyReport) -> None:
     """The stored shard index: its bytes against their sha256, and each shard's members against
     the fingerprint the source description records (so a reopen can trust its offsets)."""
+    if source_index.SOURCE_GROUP in damaged:  # already reported, and read through it the index cannot be
+        return
     try:
         doc = cache.source_index_doc()
         if doc is None or source_index.nodes(doc) & damaged:

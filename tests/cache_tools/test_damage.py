@@ -137,6 +137,21 @@ def test_every_flip_in_every_metadata_document_is_reported(small_store):
     assert run_verify(small_store)[0] == 0
 
 
+def test_a_source_group_document_that_no_longer_decodes_is_one_problem(small_store):
+    """The source index is read through the source group's document: when that document is
+    damaged so that zarr cannot decode it, verify reports it once, not again as an unreadable index
+    (seen in a fuzzing run: a flip inside "node_type")."""
+    doc = os.path.join(small_store, "source", "zarr.json")
+    original = open(doc, "rb").read()
+    assert b'"node_type"' in original
+    with open(doc, "wb") as fh:
+        fh.write(original.replace(b'"node_type"', b'"node`type"', 1))
+    rc, out, err = run_verify(small_store)
+    assert rc == 1 and [line for line in out.splitlines() if line.startswith("BAD")] == [
+        line for line in out.splitlines() if line.startswith("BAD source:")], out
+    assert len([line for line in out.splitlines() if line.startswith("BAD")]) == 1, out
+
+
 def test_every_flip_in_data_rows_is_reported(small_store):
     rng = np.random.default_rng(5)
     cache = FeatureCache.open(small_store)
