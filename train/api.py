@@ -132,10 +132,11 @@ def train(config: str | None = None, *, resume: bool = False, progress: bool | N
 
 
 def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: str | None = None,
-                 plot: str | None = None, title: str = "") -> Comparison:
+                 plot: str | None = None, title: str = "", choose: bool = False) -> Comparison:
     """The ``featcache-train compare`` table over ``runs``: a sweep's directory, any directory of
-    run directories, or a list of them (run directories or directories of runs)."""
-    from .compare import load_runs, markdown, summarize_runs, write_csv
+    run directories, or a list of them (run directories or directories of runs). ``choose``: as
+    ``--choose``, each method's grid point chosen on validation, with the grid and the choice."""
+    from .compare import choose_on_validation, load_runs, markdown, markdown_chosen, summarize_runs, write_csv
     from .compare import plot as plot_table
 
     dirs = [os.fspath(runs)] if isinstance(runs, (str, os.PathLike)) else [os.fspath(r) for r in runs]
@@ -144,11 +145,13 @@ def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: 
     root = dirs[0] if len(dirs) == 1 else os.path.commonpath([os.path.abspath(d) for d in dirs])
     found = {os.path.abspath(r.path): r for d in dirs for r in load_runs(d)}  # a run named twice counts once
     rows = summarize_runs(list(found.values()), root)
+    if choose:
+        rows = choose_on_validation(rows)
     if csv:
         write_csv(rows, csv)
     if plot:
         plot_table(rows, plot, title=title or root)
-    return Comparison(root, tuple(rows), markdown(rows))
+    return Comparison(root, tuple(rows), markdown_chosen(rows) if choose else markdown(rows))
 
 
 def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | None = None, jobs: int = 1,

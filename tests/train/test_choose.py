@@ -67,3 +67,12 @@ def test_sweep_then_seeds_runs_the_chosen_point_with_more_seeds(synth, tmp_path)
             r.config["seed"])
     assert sorted(seeds[("stl", None)]) == [0, 1]
     assert sorted(len(v) for k, v in seeds.items() if k[0] == "aft") == [1, 2]  # only the chosen beta ran twice
+
+
+def test_compare_runs_choose_from_python(tmp_path):
+    from featcache.train import compare_runs
+
+    _run(tmp_path, "aft-b1", "aft", 0, 0.75, 0.66, beta=1.0)
+    _run(tmp_path, "aft-b10", "aft", 0, 0.80, 0.64)
+    table = compare_runs(str(tmp_path), choose=True)
+    assert [r["chosen"] for r in table.rows] == [{"beta": "10"}] and "chosen on validation" in str(table)
