@@ -250,7 +250,7 @@ def train_period(cfg: TrainConfig, data: Data, model: Model, period: int, device
 
 
 def _where(budget: Budget, period: int) -> str:
-    done = period * budget.period_steps + budget.steps_in(period)
+    done = budget.done_after(period)
     return f"step {done}/{budget.total}" if budget.by_steps else f"epoch {period + 1}/{budget.periods}"
 
 
@@ -262,7 +262,7 @@ def evaluate_period(cfg: TrainConfig, data: Data, model: Model, period: int, los
         recompute_bn(model.student, data.train, data.rows, cfg.optim.batch_size, device, loader)
     val = evaluate(model.learner, data.splits["val"], data.num_classes, device, dist_, **loader)
     budget = model.budget
-    record = {"epoch": period + 1, "step": period * budget.period_steps + budget.steps_in(period), "losses": losses,
+    record = {"epoch": period + 1, "step": budget.done_after(period), "losses": losses,
               "loss": sum(losses.values()), "val_accuracy": val["accuracy"], "val_loss": val["loss"],
               "lr": model.scheduler.get_last_lr()[0], "epoch_seconds": secs,
               "rows_per_second": rows_done * dist_.world / secs, **model.learner.method.diagnostics()}

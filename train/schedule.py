@@ -28,6 +28,10 @@ class Budget:
     def steps_in(self, period: int) -> int:
         return min(self.period_steps, self.total - period * self.period_steps)
 
+    def done_after(self, period: int) -> int:
+        """Optimiser steps taken once ``period`` ends."""
+        return period * self.period_steps + self.steps_in(period)
+
     def describe(self) -> str:
         if self.by_steps:
             return f"{self.total} steps, validation every {self.period_steps}"

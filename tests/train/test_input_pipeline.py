@@ -14,7 +14,7 @@ from featcache.train.data import FeatureBank, build_splits, describe_inputs
 from featcache.train.batches import train_batches
 from featcache.train.loop import run
 
-from train_helpers import build_store  # noqa: E402
+from train_helpers import build_store, index_store  # noqa: E402
 from test_loop import cfg_for  # noqa: E402
 
 
@@ -188,11 +188,7 @@ def test_cached_token_ids_train_exactly_like_tokenizing(tmp_path):
             for i in range(200)]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = manifest(str(tmp_path / "r.jsonl"))
-    cache = FeatureCache.create(str(tmp_path / "t.zarr"), sample_ids=src.sample_ids, labels=src.labels,
-                                source=src.describe(), partition_rows=64)
-    for p in range(cache.num_partitions):
-        a, b = cache.partition_range(p)
-        cache.write_partition(p, valid=np.ones(b - a, bool))
+    cache = index_store(str(tmp_path / "t.zarr"), src)
     s = cache_inputs(cache, src, tokenizer=tokenizer, max_length=16)
     assert s.name.startswith("tokens16_") and s.shape == (200, 16)
     ids, lengths = Tokenizer(tokenizer).encode([r["text"] for r in rows], 16)

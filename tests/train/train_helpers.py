@@ -65,6 +65,17 @@ def build_store(path: str, root: str, split: str, n: int, seed: int, views: int 
     return path
 
 
+def index_store(path: str, src, partition_rows: int = 64) -> FeatureCache:
+    """A store of ``src``'s rows with every row valid and no teacher: what an index-only
+    extraction writes, for students that need only the raw inputs."""
+    cache = FeatureCache.create(path, sample_ids=src.sample_ids, labels=src.labels, source=src.describe(),
+                                partition_rows=partition_rows)
+    for p in range(cache.num_partitions):
+        a, b = cache.partition_range(p)
+        cache.write_partition(p, valid=np.ones(b - a, bool))
+    return cache
+
+
 def write_config(path, train: str, test: str, out: str, epochs: int, batch_size: int, width: int = 128,
                  max_ram_gb: float = 4.0) -> str:
     """A small training TOML on the synthetic stores, as a user writes one."""
