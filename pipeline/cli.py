@@ -6,6 +6,8 @@
     featcache-extract CONFIG.toml --worker I/N      the I-th of N shares of the partitions (one task of
                                                     a SLURM array or an indexed Job), then exit
     featcache-extract CONFIG.toml --prepare         create the store and its index for the workers
+    featcache-extract CONFIG.toml --engine ray [--address ADDR]   a pool of Ray actors (one per GPU)
+                                                    takes the partitions as they free up
     featcache-extract finetune CONFIG.toml [--set k=v ...]          fine-tune a teacher with a task
                                                                     head, cache its logits (TOKT step 1)
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from featcache.plumbing.cli import EXIT_OK, add_debug_flag, human_bytes, run_cli
 from featcache.plumbing import storage
@@ -23,6 +25,9 @@ from featcache.plumbing.config import load_config
 from featcache.plumbing.errors import UsageError
 
 from .config import ExtractConfig
+
+if TYPE_CHECKING:
+    from .extract import Summary
 
 PROG = "featcache-extract"
 
@@ -47,6 +52,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--prepare", action="store_true",
                        help="only create (or check) the store, its teachers and the source's index, for "
                             "--worker processes to start on; without it the first worker does this")
+        p.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: prepare here, then a pool of Ray actors "
+                            "(pip install 'featcache[ray]') extracts the partitions, a lost one rerun by Ray")
+        p.add_argument("--address", metavar="ADDR",
+                       help="with --engine ray: the cluster to join (HOST:PORT, ray://HOST:PORT); default "
+                            "RAY_ADDRESS (set under ray job submit), else a new local Ray instance")
+        p.add_argument("--ray-workers", type=int, default=0, metavar="K",
+                       help="with --engine ray: K actors (default one per GPU, else one per 4 CPUs)")
+        p.add_argument("--ray-cpus", type=int, default=0, metavar="C",
+                       help="with --engine ray: CPUs each actor reserves and uses (default 1 with GPUs, "
+                            "else the cluster's CPUs / K, at most 4 when K is not given)")
     storage.add_flag(p)
     add_debug_flag(p)
     return p
@@ -80,21 +96,36 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
     worker = parse_worker(args.worker) if args.worker is not None else None
     if worker is not None and args.prepare:
         raise UsageError("--prepare and --worker: run --prepare once, then the workers")
+    ray_flags = args.address is not None or args.ray_workers or args.ray_cpus
+    if args.engine != "ray" and ray_flags:
+        raise UsageError("--address, --ray-workers, --ray-cpus: only with --engine ray")
+    if args.engine == "ray" and (worker is not None or args.prepare):
+        raise UsageError("--engine ray prepares and splits the work itself: drop --worker / --prepare")
     cfg = select_teachers(load_config(ExtractConfig, args.config, args.overrides), args.teachers,
                           args.index_only)
+    if args.engine == "ray":
+        from .ray_engine import run_extract_ray
+        s = run_extract_ray(cfg, add_teacher=args.add_teacher, address=args.address, workers=args.ray_workers,
+                            cpus=args.ray_cpus)
+        _print_summary(s)
+        return EXIT_OK
     if args.prepare:
         run_prepare(cfg, add_teacher=args.add_teacher)
         print(f"prepared  {cfg.output.store}: start the --worker I/N processes")
         return EXIT_OK
     s = run_extract(cfg, add_teacher=args.add_teacher, worker=worker)
     if s is not None:
-        teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items()) or "none (index only)"
-        print(f"store     {s.path} ({'complete' if s.complete else 'INCOMPLETE'}, {human_bytes(s.size_bytes)})")
-        print(f"rows      {s.rows} ({s.valid_rows} valid)" + (f"; invalid inputs listed in {s.invalid_log}"
-                                                              if s.invalid_log else ""))
-        print(f"teachers  {teachers}")
-        print(f"this run  {s.rows_done} rows in {s.seconds:.1f} s ({s.rows_per_second:.0f} rows/s)")
+        _print_summary(s)
     return EXIT_OK
+
+
+def _print_summary(s: "Summary") -> None:
+    teachers = ", ".join(f"{name} ({dim})" for name, dim in s.teachers.items()) or "none (index only)"
+    print(f"store     {s.path} ({'complete' if s.complete else 'INCOMPLETE'}, {human_bytes(s.size_bytes)})")
+    print(f"rows      {s.rows} ({s.valid_rows} valid)" + (f"; invalid inputs listed in {s.invalid_log}"
+                                                          if s.invalid_log else ""))
+    print(f"teachers  {teachers}")
+    print(f"this run  {s.rows_done} rows in {s.seconds:.1f} s ({s.rows_per_second:.0f} rows/s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,18 @@ def _toml(table, prefix=""):
     return "\n".join(line for line in lines if line) + "\n"
 
 
+def assert_same_store(ref, store, teacher="effnet", **kw):
+    """``store`` is complete, verifies, and holds ``ref``'s rows, views, features and marker checksums."""
+    from featcache.cache_tools import FeatureCache, verify
+    a, b = FeatureCache.open(ref), FeatureCache.open(store, **kw)
+    assert b.is_complete and verify(b).ok
+    for name in ("sample_ids", "labels", "valid", "view_params"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.load(teacher), b.load(teacher))
+    assert {k: v["checksum"] for k, v in a.store.markers().items()} == \
+           {k: v["checksum"] for k, v in b.store.markers().items()}
+
+
 def exe(name):
     """A console script of the interpreter running the tests."""
     return os.path.join(os.path.dirname(sys.executable), name)

@@ -6,14 +6,14 @@ import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
-from featcache.cache_tools import FeatureCache, verify
+from featcache.cache_tools import FeatureCache
 from featcache.pipeline.workers import parse_worker
 from featcache.plumbing.errors import UsageError
 
-from extract_helpers import BUCKET, exe, make_images, timm_teacher, write_extract_config  # noqa: E402
+from extract_helpers import BUCKET, assert_same_store, exe, make_images, timm_teacher, \
+    write_extract_config  # noqa: E402
 
 
 
@@ -50,16 +50,6 @@ def _finish(proc):
     return out + err
 
 
-def _assert_same_store(ref, store, **kw):
-    a, b = FeatureCache.open(ref), FeatureCache.open(store, **kw)
-    assert b.is_complete and verify(b).ok
-    for name in ("sample_ids", "labels", "valid", "view_params"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    np.testing.assert_array_equal(a.load("effnet"), b.load("effnet"))
-    assert {k: v["checksum"] for k, v in a.store.markers().items()} == \
-           {k: v["checksum"] for k, v in b.store.markers().items()}
-
-
 def test_three_workers_started_together_equal_one_process(setup, tmp_path):
     images, ckpt, ref = setup
     store = str(tmp_path / "three.zarr")
@@ -68,7 +58,7 @@ def test_three_workers_started_together_equal_one_process(setup, tmp_path):
     logs = [_finish(p) for p in procs]
     assert sum("waiting for another worker to prepare" in log for log in logs) <= 2
     assert not os.path.exists(store + ".prepare.lock") and os.path.exists(store + ".prepared")
-    _assert_same_store(ref, store)
+    assert_same_store(ref, store)
 
 
 def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
@@ -93,7 +83,7 @@ def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
     _finish(_worker(cfg, "2/3"))  # the killed share, rerun
     assert not FeatureCache.open(store).is_complete  # share 0 has not run
     _finish(_worker(cfg, "0/3"))
-    _assert_same_store(ref, store)
+    assert_same_store(ref, store)
     again = _finish(_worker(cfg, "0/3"))  # a rerun of a finished share does nothing
     assert "resuming: 6 of 6 partitions already done" in again
 
@@ -127,4 +117,4 @@ def test_workers_on_the_loopback_s3_server_worker_0_prepares(setup, s3, tmp_path
     second = _worker(cfg, "0/2")
     assert "waiting for another worker to prepare" in _finish(first)
     _finish(second)
-    _assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
+    assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
