@@ -76,6 +76,16 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--worker", metavar="I/N",
                        help="run only the I-th of N shares of the grid's runs (I from 0) into the shared --out, "
                             "one process per share under any scheduler")
+        p.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this machine's processes (--jobs); ray: each run a Ray task with its own "
+                            "resources (pip install 'featcache[ray]'), rerun by Ray if its worker is lost")
+        p.add_argument("--address", metavar="ADDR",
+                       help="with --engine ray: the cluster to join (HOST:PORT, ray://HOST:PORT); default "
+                            "RAY_ADDRESS (set under ray job submit), else a new local Ray instance")
+        p.add_argument("--ray-cpus", type=int, default=1, metavar="C",
+                       help="with --engine ray: CPUs each run reserves and uses as threads (default 1)")
+        p.add_argument("--ray-gpus", type=float, default=0, metavar="G",
+                       help="with --engine ray: GPUs each run reserves (default 0; 0.5 packs two runs per GPU)")
         p.add_argument("--then-seeds", default="", metavar="S1,S2",
                        help="after the grid, each method's point chosen on validation runs again with these "
                             "seeds (tune on the config's seed, measure on more)")
@@ -105,7 +115,7 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
             raise UsageError(f"--then-seeds {args.then_seeds!r}: expected seeds like 1,2") from exc
         worker = parse_worker(args.worker) if args.worker is not None else None
         res = run_sweep(args.config, args.overrides, args.grid, jobs=args.jobs, root=args.out, dry_run=args.dry_run,
-                        then_seeds=then_seeds, worker=worker)
+                        then_seeds=then_seeds, worker=worker, engine=_sweep_engine(args))
         if not args.dry_run:
             print(f"table: {PROG} compare {res['root']}")
         return EXIT_DATA if res["failed"] else EXIT_OK
@@ -138,6 +148,23 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
     print(f"tokt: test accuracy {res['test_accuracy']:.4f} (after step 2 alone: "
           f"{res['pretrain_test_accuracy']:.4f}) -> {cfg.out_dir}/results.json")
     return EXIT_OK
+
+
+def _sweep_engine(args: argparse.Namespace):
+    """None for this machine's processes; for ``--engine ray``, the runs' Ray tasks (ray imported
+    only when they start)."""
+    if args.engine != "ray":
+        if args.address is not None or args.ray_cpus != 1 or args.ray_gpus:
+            raise UsageError("--address, --ray-cpus, --ray-gpus: only with --engine ray")
+        return None
+    if args.jobs > 1 or args.worker is not None:
+        raise UsageError("--engine ray places the runs itself: drop --jobs / --worker")
+    if args.ray_cpus < 1 or args.ray_gpus < 0:
+        raise UsageError("--ray-cpus must be >= 1 and --ray-gpus >= 0")
+    from functools import partial
+
+    from .sweep_ray import ray_results
+    return partial(ray_results, address=args.address, cpus=args.ray_cpus, gpus=args.ray_gpus)
 
 
 def _handle_run(command: str, args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError, load_config, parse_override, to_dict
@@ -33,6 +33,8 @@ from .config import FEATURE_DATA_KEYS, PIPELINE_DATA_KEYS, TrainConfig
 from .methods import registry
 
 Log = Callable[[str], None]
+# Another engine's runs (sweep_ray.py): the todo runs in, (run, result) pairs out as they finish
+Engine = Callable[[Sequence["PlannedRun"]], Iterable[tuple["PlannedRun", dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,9 @@ def _execute(config: dict[str, Any], resume: bool, threads: int) -> dict[str, An
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def execute(todo: Sequence[PlannedRun], jobs: int, log: Log) -> list[str]:
-    """Run ``todo`` (``jobs`` at a time, threads split between them); the names of those that failed."""
+def execute(todo: Sequence[PlannedRun], jobs: int, log: Log, engine: Engine | None = None) -> list[str]:
+    """Run ``todo`` (``jobs`` at a time, threads split between them, or on ``engine``); the names of
+    those that failed."""
     failed: list[str] = []
     t0 = time.time()
 
@@ -178,7 +181,10 @@ def execute(todo: Sequence[PlannedRun], jobs: int, log: Log) -> list[str]:
             log(f"[{i}/{len(todo)}] {r.name}: FAILED {result['error']} (see {r.config['out_dir']}/train.log)")
 
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    if jobs <= 1:
+    if engine is not None:
+        for i, (r, result) in enumerate(engine(todo), 1):
+            report(i, r, result)
+    elif jobs <= 1:
         for i, r in enumerate(todo, 1):
             report(i, r, _execute(r.config, status(r) == "resume", threads))
     else:
@@ -195,9 +201,11 @@ def execute(todo: Sequence[PlannedRun], jobs: int, log: Log) -> list[str]:
 
 def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], jobs: int = 1,
               root: str | None = None, dry_run: bool = False, log: Log = print,
-              then_seeds: Sequence[int] = (), worker: tuple[int, int] | None = None) -> dict[str, Any]:
+              then_seeds: Sequence[int] = (), worker: tuple[int, int] | None = None,
+              engine: Engine | None = None) -> dict[str, Any]:
     """``worker=(i, n)``: only the grid's runs i, i + n, i + 2n, ... (the whole grid is still planned
-    and recorded, so every worker checks every value and writes the same sweep file)."""
+    and recorded, so every worker checks every value and writes the same sweep file). ``engine``:
+    where the runs go instead of this machine's processes (``sweep_ray.ray_results``)."""
     if worker is not None and then_seeds:
         raise ConfigError("--then-seeds chooses over the whole grid: run it once every --worker has finished")
     axes = [parse_axis(g) for g in grid]
@@ -208,7 +216,7 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
     todo = [r for r in mine if status(r) != "done"]
     log(f"sweep: {len(runs)} runs in {root}" + (f", worker {share}/{shares} takes {len(mine)}" if worker else "")
         + f" ({len(mine) - len(todo)} already finished, {len(todo)} to run"
-        + (f", {jobs} at a time)" if jobs > 1 else ")"))
+        + (", on Ray)" if engine else f", {jobs} at a time)" if jobs > 1 else ")"))
     if dry_run:
         for r in mine:
             log(f"  {status(r):<6} {r.name}")
@@ -219,14 +227,14 @@ def run_sweep(config_path: str, overrides: Sequence[str], grid: Sequence[str], j
         "config": os.path.abspath(config_path), "overrides": list(overrides), "grid": list(grid),
         "axes": [{"key": a.key, "values": list(a.values), "only_method": a.only_method} for a in axes],
         "runs": [r.name for r in runs]})
-    failed = execute(todo, jobs, log)
+    failed = execute(todo, jobs, log, engine)
     ran = len(todo)
     if then_seeds and not failed:
         more = chosen_runs(runs, root, then_seeds)
         todo = [r for r in more if status(r) != "done"]
         log(f"sweep: chosen on validation per method, {len(more)} runs with seeds "
             f"{', '.join(map(str, then_seeds))} ({len(more) - len(todo)} already finished, {len(todo)} to run)")
-        failed += execute(todo, jobs, log)
+        failed += execute(todo, jobs, log, engine)
         ran += len(todo)
     return {"root": root, "runs": len(runs), "ran": ran, "failed": failed}
 

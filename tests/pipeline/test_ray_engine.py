@@ -14,20 +14,12 @@ from featcache.pipeline.ray_engine import HOLD_ENV, plan_pool
 
 from extract_helpers import BUCKET, assert_same_store, exe, make_images, timm_teacher, write_extract_config
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 
 def env(**extra):
     """One thread: bit-equal features (each actor also sets its CPUs, one here, as torch's threads)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Ray instance for this module; the commands join it with --address."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +60,22 @@ def test_pool_sizes():
     assert plan_pool(16, 0, cpus=8).actors == 2
 
 
-def test_ray_actors_give_the_one_process_store(cluster, setup, tmp_path):
+def test_ray_actors_give_the_one_process_store(ray_address, setup, tmp_path):
     images, ckpt, ref = setup
     store = str(tmp_path / "ray.zarr")
-    out = _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store), cluster))
+    out = _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store), ray_address))
     assert "ray: 2 actors (1 CPU each) for 6 partitions" in out and "(complete," in out
     assert_same_store(ref, store)
-    again = _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store), cluster))
+    again = _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store), ray_address))
     assert "resuming: 6 of 6 partitions already done" in again and "for 0 partitions" in again
 
 
-def test_an_actor_killed_mid_partition_is_restarted_and_its_partition_rerun(cluster, setup, tmp_path):
+def test_an_actor_killed_mid_partition_is_restarted_and_its_partition_rerun(ray_address, setup, tmp_path):
     images, ckpt, ref = setup
     store = str(tmp_path / "killed.zarr")
     held = tmp_path / "hold"
     held.mkdir()
-    proc = _extract_on_ray(_config(tmp_path, images, ckpt, store), cluster, **{HOLD_ENV: f"3:{held}"})
+    proc = _extract_on_ray(_config(tmp_path, images, ckpt, store), ray_address, **{HOLD_ENV: f"3:{held}"})
     deadline = time.time() + 120
     while not (held / "held").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -98,13 +90,13 @@ def test_an_actor_killed_mid_partition_is_restarted_and_its_partition_rerun(clus
     assert_same_store(ref, store)
 
 
-def test_ray_actors_on_the_loopback_s3_server(cluster, setup, s3, tmp_path):
+def test_ray_actors_on_the_loopback_s3_server(ray_address, setup, s3, tmp_path):
     """The credentials travel in [output.storage] (never saved): the actors' processes predate them."""
     pytest.importorskip("s3fs")
     images, ckpt, ref = setup
     store = f"s3://{BUCKET}/ray/two.zarr"
     options = {"endpoint_url": s3["endpoint"], "key": s3["writer"]["key"], "secret": s3["writer"]["secret"]}
-    _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store, storage=options), cluster))
+    _finish(_extract_on_ray(_config(tmp_path, images, ckpt, store, storage=options), ray_address))
     assert_same_store(ref, store, storage_options=options)
 
 
