@@ -180,11 +180,11 @@ def _run_pool(ray, cfg: ExtractConfig, pool: Pool, todo: list[int], done: dict[s
 
 
 def _failure(exc: Exception) -> Exception:
-    """An actor's own error (a bad input, a store problem) as it was raised there; a lost actor or
-    node after every retry as one line that says a rerun continues."""
+    """An actor's own error (a bad input, a store problem) as it was raised there; an actor lost
+    for good (its restarts spent, or its constructor failed) as one line that says a rerun continues."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, Exception) and not type(cause).__module__.startswith("ray"):
         return cause
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConnectionError(f"--engine ray: an actor was lost {RETRIES + 1} times ({first}); "
-                           "rerun the command: done partitions are skipped")
+    return ConnectionError(f"--engine ray: an actor died and Ray gave up on it ({first}); rerun the command: "
+                           "done partitions are skipped")
