@@ -100,6 +100,15 @@ def test_ray_actors_on_the_loopback_s3_server(ray_address, setup, s3, tmp_path):
     assert_same_store(ref, store, storage_options=options)
 
 
+def test_hdf5_refuses_several_actors_in_one_line(ray_address, setup, tmp_path):
+    images, ckpt, _ref = setup
+    cfg = _config(tmp_path, images, ckpt, tmp_path / "one.h5")
+    proc = _extract_on_ray(cfg, ray_address)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and "one writer" in err, err
+    assert not os.path.exists(tmp_path / "one.h5")
+
+
 def test_a_bad_address_or_no_ray_is_one_line(setup, tmp_path):
     images, ckpt, _ref = setup
     cfg = _config(tmp_path, images, ckpt, tmp_path / "none.zarr")
