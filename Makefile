@@ -196,6 +196,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_retrieve.py
 	$(BIN)/python benchmarks/bench_inputs.py
 	$(BIN)/python benchmarks/bench_remote.py
+	$(BIN)/python benchmarks/bench_workers.py
 
 # Both stages on this machine's GPUs (benchmarks/gpu_check.sh; on the CPU it checks the script)
 gpu-check: setup
