@@ -78,8 +78,8 @@ def _features(teacher, src, n):
 
 @pytest.mark.skipif(default_fashion_mnist_root() is None, reason="dataset-fashion-mnist not installed")
 def test_effnet_lite0_probe_beats_random_init_on_fashion_mnist():
-    """Measured here at 112 px, 2,000 train / 1,000 test images, tf_efficientnet_lite0: pretrained
-    0.836, random init 0.641 (the old efficientnet_lite0 with the same weights: 0.838)."""
+    """A sanity check beside the reference-feature tests (which prove the computation). Measured at
+    112 px, 1,000 train / 600 test images, tf_efficientnet_lite0: pretrained 0.843, random init 0.632."""
     tr, te = fashion_mnist(split="train"), fashion_mnist(split="test")
     acc = {}
     for name, ckpt in (("pretrained", EFFNET), ("random", "")):
@@ -87,10 +87,10 @@ def test_effnet_lite0_probe_beats_random_init_on_fashion_mnist():
         t = build_teacher(TeacherConfig(model="tf_efficientnet_lite0", pretrained=ckpt,
                                         key_map="efficientnet_pytorch" if ckpt else "",
                                         image_size=112, mean=(0.5,) * 3, std=(0.5,) * 3), CPU, "image")
-        a, b = _features(t, tr, 2000), _features(t, te, 1000)
+        a, b = _features(t, tr, 1000), _features(t, te, 600)
         mu, sd = a.mean(0), a.std(0) + 1e-6
-        probe = fit_linear_probe((a - mu) / sd, tr.labels[:2000], 10, l2=1e-3, steps=200)
-        acc[name] = probe_accuracy(probe, (b - mu) / sd, te.labels[:1000])
+        probe = fit_linear_probe((a - mu) / sd, tr.labels[:1000], 10, l2=1e-3, steps=200)
+        acc[name] = probe_accuracy(probe, (b - mu) / sd, te.labels[:600])
     assert acc["pretrained"] > 0.80 and acc["pretrained"] > acc["random"] + 0.08, acc
 
 
