@@ -10,7 +10,7 @@ import torch
 
 from featcache.plumbing.paths import resolve_path
 
-from extract_helpers import BUCKET, MINILM, make_images
+from extract_helpers import BUCKET, MINILM, exe, make_images, one_thread_env, partitioned_config
 
 
 @pytest.fixture
@@ -104,3 +104,15 @@ def s3():
         else:
             os.environ[k] = v
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory, timm_ckpt):
+    """Images and the one-process store that split extractions (workers, Ray actors) must equal."""
+    import subprocess
+    root = tmp_path_factory.mktemp("split")
+    images = make_images(root / "imgs", classes=3, per_class=8)
+    ref = partitioned_config(root, images, timm_ckpt, root / "ref.zarr")
+    res = subprocess.run([exe("featcache-extract"), ref], capture_output=True, text=True, env=one_thread_env())
+    assert res.returncode == 0, res.stderr
+    return images, timm_ckpt, str(root / "ref.zarr")

@@ -92,3 +92,22 @@ def assert_same_store(ref, store, teacher="effnet", **kw):
 def exe(name):
     """A console script of the interpreter running the tests."""
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def one_thread_env(**extra):
+    """Read at each start (the s3 fixture puts its keys in os.environ). One thread: bit-equal features."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def partitioned_config(folder, images, ckpt, store, **output):
+    """A config of 4-row partitions over ``images``: several partitions for workers and actors to share."""
+    return write_extract_config(folder / f"{os.path.basename(str(store))}.toml", store,
+                                {"kind": "image_folder", "root": images}, [timm_teacher(ckpt, image_size=64)],
+                                views=2, batch_size=4, output={"partition_rows": 4, **output})
+
+
+def finish(proc, timeout, tail=2000):
+    """Wait for an extraction process; it must succeed. Its stdout and stderr together."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-tail:]
+    return out + err

@@ -12,60 +12,31 @@ from featcache.cache_tools import FeatureCache
 from featcache.pipeline.workers import parse_worker
 from featcache.plumbing.errors import UsageError
 
-from extract_helpers import BUCKET, assert_same_store, exe, make_images, timm_teacher, \
-    write_extract_config  # noqa: E402
+from extract_helpers import BUCKET, assert_same_store, exe, finish, one_thread_env, partitioned_config
 
-
-
-def env():
-    """Read at each start: the s3 fixture puts its keys in os.environ. One thread: bit-equal features."""
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, timm_ckpt):
-    """The images and a one-process reference store."""
-    root = tmp_path_factory.mktemp("workers")
-    images = make_images(root / "imgs", classes=3, per_class=8)
-    ref = _config(root, images, timm_ckpt, root / "ref.zarr")
-    res = subprocess.run([exe("featcache-extract"), ref], capture_output=True, text=True, env=env())
-    assert res.returncode == 0, res.stderr
-    return images, timm_ckpt, str(root / "ref.zarr")
-
-
-def _config(folder, images, ckpt, store, **output):
-    return write_extract_config(folder / f"{os.path.basename(str(store))}.toml", store,
-                                {"kind": "image_folder", "root": images}, [timm_teacher(ckpt, image_size=64)],
-                                views=2, batch_size=4, output={"partition_rows": 4, **output})
 
 
 def _worker(cfg, share, **kw):
-    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=env(), text=True,
+    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=one_thread_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def _finish(proc):
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-2000:]
-    return out + err
-
-
-def test_three_workers_started_together_equal_one_process(setup, tmp_path):
-    images, ckpt, ref = setup
+def test_three_workers_started_together_equal_one_process(reference_store, tmp_path):
+    images, ckpt, ref = reference_store
     store = str(tmp_path / "three.zarr")
-    cfg = _config(tmp_path, images, ckpt, store)
+    cfg = partitioned_config(tmp_path, images, ckpt, store)
     procs = [_worker(cfg, f"{i}/3") for i in range(3)]
-    logs = [_finish(p) for p in procs]
+    logs = [finish(p, 600) for p in procs]
     assert sum("waiting for another worker to prepare" in log for log in logs) <= 2
     assert not os.path.exists(store + ".prepare.lock") and os.path.exists(store + ".prepared")
     assert_same_store(ref, store)
 
 
-def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
-    images, ckpt, ref = setup
+def test_shares_in_any_order_and_a_killed_worker_rerun(reference_store, tmp_path):
+    images, ckpt, ref = reference_store
     store = str(tmp_path / "killed.zarr")
-    cfg = _config(tmp_path, images, ckpt, store)
-    prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=env())
+    cfg = partitioned_config(tmp_path, images, ckpt, store)
+    prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=one_thread_env())
     assert prep.returncode == 0 and "prepared" in prep.stdout, prep.stderr
     assert not FeatureCache.open(store).index.done()  # --prepare writes no partition
     proc = _worker(cfg, "2/3")
@@ -79,12 +50,12 @@ def test_shares_in_any_order_and_a_killed_worker_rerun(setup, tmp_path):
     proc.wait()
     done_at_kill = sorted(n for n in os.listdir(markers) if n.isdigit()) if os.path.isdir(markers) else []
     assert "000005" not in done_at_kill, "killed too late to test a rerun of a part-done share"
-    _finish(_worker(cfg, "1/3"))
-    _finish(_worker(cfg, "2/3"))  # the killed share, rerun
+    finish(_worker(cfg, "1/3"), 600)
+    finish(_worker(cfg, "2/3"), 600)  # the killed share, rerun
     assert not FeatureCache.open(store).is_complete  # share 0 has not run
-    _finish(_worker(cfg, "0/3"))
+    finish(_worker(cfg, "0/3"), 600)
     assert_same_store(ref, store)
-    again = _finish(_worker(cfg, "0/3"))  # a rerun of a finished share does nothing
+    again = finish(_worker(cfg, "0/3"), 600)  # a rerun of a finished share does nothing
     assert "resuming: 6 of 6 partitions already done" in again
 
 
@@ -98,23 +69,23 @@ def test_bad_worker_value_is_a_usage_error(bad, tmp_path):
     assert "--worker" in res.stderr
 
 
-def test_hdf5_refuses_several_workers_in_one_line(setup, tmp_path):
-    images, ckpt, _ref = setup
-    cfg = _config(tmp_path, images, ckpt, tmp_path / "one.h5")
+def test_hdf5_refuses_several_workers_in_one_line(reference_store, tmp_path):
+    images, ckpt, _ref = reference_store
+    cfg = partitioned_config(tmp_path, images, ckpt, tmp_path / "one.h5")
     res = subprocess.run([exe("featcache-extract"), cfg, "--worker", "0/2"], capture_output=True, text=True)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "one writer" in res.stderr and not os.path.exists(tmp_path / "one.h5")
 
 
-def test_workers_on_the_loopback_s3_server_worker_0_prepares(setup, s3, tmp_path):
+def test_workers_on_the_loopback_s3_server_worker_0_prepares(reference_store, s3, tmp_path):
     """No exclusive create on object storage: worker 1 waits for worker 0 to prepare, started after it."""
     pytest.importorskip("s3fs")
-    images, ckpt, ref = setup
+    images, ckpt, ref = reference_store
     store = f"s3://{BUCKET}/workers/two.zarr"
-    cfg = _config(tmp_path, images, ckpt, store, storage={"endpoint_url": s3["endpoint"]})
+    cfg = partitioned_config(tmp_path, images, ckpt, store, storage={"endpoint_url": s3["endpoint"]})
     first = _worker(cfg, "1/2")
     time.sleep(2)
     second = _worker(cfg, "0/2")
-    assert "waiting for another worker to prepare" in _finish(first)
-    _finish(second)
+    assert "waiting for another worker to prepare" in finish(first, 600)
+    finish(second, 600)
     assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
