@@ -106,11 +106,12 @@ demo-default:
 # STL and AFT, three seeds each, two at a time, then the table and where the time went.
 DEMO_TEXT_RUNS := runs/demo_text
 DEMO_TEXT_TIMES := $(DEMO_TEXT_RUNS)/time.txt
+TIMED_TEXT := sh benchmarks/timed.sh $(DEMO_TEXT_TIMES)
 demo-text:
 	@mkdir -p $(DEMO_TEXT_RUNS) && : > $(DEMO_TEXT_TIMES)
-	@sh benchmarks/timed.sh $(DEMO_TEXT_TIMES) "setup (venv, packages, data)" $(MAKE) --no-print-directory setup-demo
-	sh benchmarks/timed.sh $(DEMO_TEXT_TIMES) "extract 2,225 articles through MiniLM" $(BIN)/featcache-extract configs/demo_text.toml
-	sh benchmarks/timed.sh $(DEMO_TEXT_TIMES) "six students (STL and AFT, seeds 0-2, two at a time)" \
+	@$(TIMED_TEXT) "setup (venv, packages, data)" $(MAKE) --no-print-directory setup-demo
+	$(TIMED_TEXT) "extract 2,225 articles through MiniLM" $(BIN)/featcache-extract configs/demo_text.toml
+	$(TIMED_TEXT) "six students (STL and AFT, seeds 0-2, two at a time)" \
 	  $(BIN)/featcache-train sweep configs/demo_text_train.toml --out $(DEMO_TEXT_RUNS) --grid method=stl,aft \
 	  --grid seed=0,1,2 --jobs 2
 	$(BIN)/featcache-train compare $(DEMO_TEXT_RUNS)

@@ -19,7 +19,7 @@ import dataclasses
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from featcache.plumbing.cli import EXIT_OK, add_debug_flag, human_bytes, run_cli
+from featcache.plumbing.cli import EXIT_OK, add_debug_flag, add_ray_address_flag, human_bytes, run_cli
 from featcache.plumbing import storage
 from featcache.plumbing.config import load_config
 from featcache.plumbing.errors import UsageError
@@ -55,9 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: this process (default); ray: prepare here, then a pool of Ray actors "
                             "(pip install 'featcache[ray]') extracts the partitions, a lost one rerun by Ray")
-        p.add_argument("--address", metavar="ADDR",
-                       help="with --engine ray: the cluster to join (HOST:PORT, ray://HOST:PORT); default "
-                            "RAY_ADDRESS (set under ray job submit), else a new local Ray instance")
+        add_ray_address_flag(p)
         p.add_argument("--ray-workers", type=int, default=0, metavar="K",
                        help="with --engine ray: K actors (default one per GPU, else one per 4 CPUs)")
         p.add_argument("--ray-cpus", type=int, default=0, metavar="C",

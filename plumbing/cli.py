@@ -89,3 +89,10 @@ def add_debug_flag(parser: argparse.ArgumentParser, default: object = False) -> 
     """``--debug`` anywhere on the line; sub-commands pass SUPPRESS so they do not reset it."""
     parser.add_argument("--debug", action="store_true", default=default,
                         help="show the full traceback on errors")
+
+
+def add_ray_address_flag(p: argparse.ArgumentParser) -> None:
+    """``--address``: the same door to a Ray cluster for both stages' ``--engine ray``."""
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the cluster to join (HOST:PORT, ray://HOST:PORT); default "
+                        "RAY_ADDRESS (set under ray job submit), else a new local Ray instance")

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from featcache.plumbing.cli import EXIT_DATA, EXIT_OK, add_debug_flag, run_cli
+from featcache.plumbing.cli import EXIT_DATA, EXIT_OK, add_debug_flag, add_ray_address_flag, run_cli
 from featcache.plumbing import storage
 from featcache.plumbing.config import load_config
 from featcache.plumbing.errors import UsageError
@@ -79,9 +79,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: this machine's processes (--jobs); ray: each run a Ray task with its own "
                             "resources (pip install 'featcache[ray]'), rerun by Ray if its worker is lost")
-        p.add_argument("--address", metavar="ADDR",
-                       help="with --engine ray: the cluster to join (HOST:PORT, ray://HOST:PORT); default "
-                            "RAY_ADDRESS (set under ray job submit), else a new local Ray instance")
+        add_ray_address_flag(p)
         p.add_argument("--ray-cpus", type=int, default=1, metavar="C",
                        help="with --engine ray: CPUs each run reserves and uses as threads (default 1)")
         p.add_argument("--ray-gpus", type=float, default=0, metavar="G",
