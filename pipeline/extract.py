@@ -177,13 +177,15 @@ def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print,
         teardown()
 
 
-def run_prepare(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> None:
+def run_prepare(cfg: ExtractConfig, *, add_teacher: bool = False, log=print) -> tuple[Source, list[Teacher]]:
     """Create (or check) the store, add the teachers and keep the source's index, then mark it
-    prepared, so that ``--worker`` processes start on it at once."""
+    prepared, so that ``--worker`` processes start on it at once. Returns the source and teachers
+    it opened, for a caller that goes on to extract with them (a Ray actor)."""
     storage.set_options(cfg.output.storage)
     clear_prepared(cfg.output.store)
-    open_on_main(cfg, add_teacher, Dist(), log)
+    opened = open_on_main(cfg, add_teacher, Dist(), log)
     mark_prepared(cfg.output.store)
+    return opened
 
 
 def _open_as_worker(cfg: ExtractConfig, add_teacher: bool, index: int, log) -> tuple[Source, list[Teacher]]:

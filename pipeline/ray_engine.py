@@ -1,12 +1,14 @@
 """``featcache-extract CONFIG --engine ray``: a pool of Ray actors takes the partitions as they free up.
 
-The driver prepares the store once (the ``--prepare`` path: store, teachers, the source's index),
-then starts one actor per GPU (or per group of CPUs). Each actor opens the source from the
-store's index and loads the teachers once, then extracts whatever partition it is handed; an
-actor that is free gets the next one, so a slow node does less and a lost node's work goes to the
-others. A partition is written whole with its done marker, so it is safe to run twice: when an
-actor's process dies, Ray restarts the actor and reruns its partition (``max_restarts``,
-``max_task_retries``); nothing here retries by hand. A rerun of the command skips done partitions.
+The driver starts one actor per GPU (or per group of CPUs) at once and loads nothing itself: the
+first actor prepares the store (the ``--prepare`` path: source, teachers, the source's index) with
+the teachers it then extracts with, so the teachers are never loaded only to size the store, and
+the other actors' start-up overlaps that preparation. They then open the source from the store's
+index and load the teachers once each, and whichever actor is free is handed the next partition,
+so a slow node does less and a lost node's work goes to the others. A partition is written whole
+with its done marker, so it is safe to run twice: when an actor's process dies, Ray restarts the
+actor and reruns its call (``max_restarts``, ``max_task_retries``), the restarted actor loading
+what it needs on its first call; nothing here retries by hand. A rerun skips done partitions.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from featcache.cache_tools.locate import capabilities_of
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import UsageError
+from featcache.plumbing.distributed import Dist
 from featcache.plumbing.ray_cluster import RETRIES, cluster_counts, connected
+from featcache.rawdata import Source
 
 from .config import ExtractConfig
 from .extract import Summary, _stop_over_budget, _write_invalid_log, extract_partition, invalid_log_path, \
     run_prepare
-from .prepare import backend_of
+from .prepare import backend_of, open_on_other_rank
+from .teachers import Teacher
 
 # A test hook: "P:DIR" makes the actor that starts partition P write its pid to DIR/held and wait
 # there (once), so a test can kill it mid-partition. Read by the driver, handed to the actors.
@@ -63,36 +68,48 @@ def plan_pool(cluster_cpus: int, cluster_gpus: int, workers: int = 0, cpus: int 
 
 
 class PartitionWorker:
-    """One actor: the source and teachers loaded once, then any partition it is given."""
+    """One actor: the source and teachers loaded once (by ``prepare`` or ``load``), then any
+    partition it is given. The constructor loads nothing, so that a restarted actor is cheap and
+    the driver learns of a wrong config from ``prepare``'s own error."""
 
-    def __init__(self, cfg: ExtractConfig, done: dict[str, set[int]], layers: dict[str, dict[str, Any]],
-                 cwd: str, threads: int, hold: str) -> None:
+    def __init__(self, cfg: ExtractConfig, layers: dict[str, dict[str, Any]], cwd: str, threads: int,
+                 hold: str) -> None:
         import torch
-
-        from featcache.plumbing.distributed import Dist
-
-        from .prepare import open_on_other_rank
 
         if os.path.isdir(cwd):  # relative paths in the config mean the driver's directory
             os.chdir(cwd)
         storage.install(layers)
         torch.set_num_threads(threads)
-        self.cfg, self.done, self.hold = cfg, done, hold
-        self.source, self.teachers = open_on_other_rank(cfg, Dist())
-        self.cache = FeatureCache.open(cfg.output.store, mode="r+", backend=backend_of(cfg))
+        self.cfg, self.hold = cfg, hold
+        self.opened: tuple[Source, list[Teacher]] | None = None
+        self.cache: FeatureCache | None = None
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads))
         self.quiet = tqdm(disable=True)
 
-    def ready(self) -> int:
-        """Answered once the teachers are loaded: the driver hands out partitions only then."""
+    def prepare(self, add_teacher: bool) -> list[str]:
+        """Create or check the store (as ``--prepare`` does) and keep the teachers it loaded; the
+        lines it would have printed, for the driver to print."""
+        lines: list[str] = []
+        self.opened = run_prepare(self.cfg, add_teacher=add_teacher, log=lines.append)
+        return lines
+
+    def load(self) -> int:
+        """The source (from the prepared store's index) and teachers, once; the actor's pid."""
+        if self.opened is None:
+            self.opened = open_on_other_rank(self.cfg, Dist())
         return os.getpid()
 
-    def extract(self, p: int) -> tuple[int, int, int]:
-        """(partition, rows, invalid rows) once partition ``p`` is written and marked done."""
+    def extract(self, p: int, done: dict[str, bool]) -> tuple[int, int, int]:
+        """(partition, rows, invalid rows) once partition ``p`` is written and marked done;
+        ``done``: which of this run's parts the driver found already done for ``p``."""
+        self.load()
+        if self.cache is None:
+            self.cache = FeatureCache.open(self.cfg.output.store, mode="r+", backend=backend_of(self.cfg))
         self._maybe_hold(p)
+        source, teachers = self.opened
         a, b = self.cache.partition_range(p)
-        invalid = extract_partition(self.cfg, self.cache, self.source, self.teachers, p, self.done,
-                                    self.pool, self.quiet)
+        marks = {part: {p} if is_done else set() for part, is_done in done.items()}
+        invalid = extract_partition(self.cfg, self.cache, source, teachers, p, marks, self.pool, self.quiet)
         return p, b - a, invalid
 
     def _maybe_hold(self, p: int) -> None:
@@ -107,7 +124,7 @@ class PartitionWorker:
 
 def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: str | None = None,
                     workers: int = 0, cpus: int = 0, log=print) -> Summary:
-    """Prepare the store here, extract every partition not done on a pool of Ray actors, and
+    """Prepare the store on the first actor, extract every partition not done on the pool, and
     return the run's summary (the same store as ``run_extract``'s)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("--engine ray: Ray starts its own workers; run one process, not torchrun")
@@ -119,20 +136,31 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
         if pool.actors > 1 and not capabilities_of(cfg.output.store, backend_of(cfg)).concurrent_writers:
             raise ConfigError("output.backend: this store allows one writer; use Zarr with --engine ray, "
                               "or --ray-workers 1")
-        run_prepare(cfg, add_teacher=add_teacher, log=log)
-        with FeatureCache.open(cfg.output.store, backend=backend_of(cfg)) as cache:
-            ours = [cache.index.key, *(cache.teacher(t.name).key for t in cfg.teachers)]
-            done = cache.trusted_done(ours)
-            todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
-            if cache.num_partitions > len(todo):
-                log(f"resuming: {cache.num_partitions - len(todo)} of {cache.num_partitions} partitions already done")
-            invalid, limit = cache.invalid_rows(), cfg.max_invalid_fraction * cache.rows
-            _stop_over_budget(cfg, cache, invalid, cache.rows)
-        log(f"ray: {min(pool.actors, len(todo))} actors ({pool.cpus} CPU" + (f", {pool.gpus} GPU" if pool.gpus else "")
-            + f" each) for {len(todo)} partitions")
-        t0 = time.time()
-        rows_done, invalid = _run_pool(ray, cfg, pool, todo, done, invalid, limit)
-        seconds = time.time() - t0
+        actors = _start_actors(ray, cfg, pool)
+        try:
+            for line in _get(ray, actors[0].prepare.remote(add_teacher)):
+                log(line)
+            with FeatureCache.open(cfg.output.store, backend=backend_of(cfg)) as cache:
+                ours = [cache.index.key, *(cache.teacher(t.name).key for t in cfg.teachers)]
+                done = cache.trusted_done(ours)
+                todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
+                if cache.num_partitions > len(todo):
+                    log(f"resuming: {cache.num_partitions - len(todo)} of {cache.num_partitions} partitions "
+                        "already done")
+                invalid, limit = cache.invalid_rows(), cfg.max_invalid_fraction * cache.rows
+                _stop_over_budget(cfg, cache, invalid, cache.rows)
+            used = actors[:max(1, min(len(actors), len(todo)))]
+            for spare in actors[len(used):]:
+                ray.kill(spare)
+            log(f"ray: {len(used) if todo else 0} actors ({pool.cpus} CPU" + (f", {pool.gpus} GPU" if pool.gpus else "")
+                + f" each) for {len(todo)} partitions")
+            t0 = time.time()
+            work = Work(todo, {part: done[part] for part in ours}, invalid, limit)
+            rows_done, invalid = _run_pool(ray, used, work)
+            seconds = time.time() - t0
+        finally:
+            for a in actors:
+                ray.kill(a)
     final = FeatureCache.open(cfg.output.store, backend=backend_of(cfg))
     try:
         _stop_over_budget(cfg, final, invalid, final.rows)
@@ -144,38 +172,60 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
         final.close()
 
 
-def _run_pool(ray, cfg: ExtractConfig, pool: Pool, todo: list[int], done: dict[str, set[int]],
-              invalid: int, limit: float) -> tuple[int, int]:
-    """(rows done, invalid rows so far): each actor, once loaded, is handed the next partition
-    whenever it finishes one; handing out stops once the inputs that failed exceed the budget."""
-    if not todo:
-        return 0, invalid
+@dataclass
+class Work:
+    """The partitions to hand out, the done markers read at the start, and the invalid-row budget."""
+
+    todo: list[int]
+    done: dict[str, set[int]]
+    invalid: int
+    limit: float
+
+    def marks(self, p: int) -> dict[str, bool]:
+        return {part: p in ps for part, ps in self.done.items()}
+
+
+def _start_actors(ray, cfg: ExtractConfig, pool: Pool) -> list[Any]:
+    """The pool's actors, started now; they load nothing until asked (``prepare``, ``load``)."""
     actor_cls = ray.remote(PartitionWorker).options(num_cpus=pool.cpus, num_gpus=pool.gpus,
                                                     max_restarts=RETRIES, max_task_retries=RETRIES)
-    args = (cfg, done, storage.snapshot(), os.getcwd(), pool.cpus, os.environ.get(HOLD_ENV, ""))
-    actors = [actor_cls.remote(*args) for _ in range(min(pool.actors, len(todo)))]
-    loading = {a.ready.remote(): a for a in actors}
-    running: dict[Any, Any] = {}
-    queue, rows_done = deque(todo), 0
-    bar = tqdm(total=len(todo), unit="partition", desc="extract (ray)", disable=None)
+    args = (cfg, storage.snapshot(), os.getcwd(), pool.cpus, os.environ.get(HOLD_ENV, ""))
+    return [actor_cls.remote(*args) for _ in range(pool.actors)]
+
+
+def _get(ray, ref) -> Any:
     try:
-        while running or (queue and loading and invalid <= limit):
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        raise _failure(exc) from None
+
+
+def _run_pool(ray, actors: list[Any], work: Work) -> tuple[int, int]:
+    """(rows done, invalid rows so far): the first actor (prepared, so loaded) starts at once, the
+    others once loaded; each is handed the next partition whenever it finishes one; handing out
+    stops once the inputs that failed exceed the budget."""
+    if not work.todo:
+        return 0, work.invalid
+    loading = {a.load.remote(): a for a in actors[1:]}
+    running: dict[Any, Any] = {}
+    queue, rows_done, invalid = deque(work.todo), 0, work.invalid
+    first = queue.popleft()
+    running[actors[0].extract.remote(first, work.marks(first))] = actors[0]
+    bar = tqdm(total=len(work.todo), unit="partition", desc="extract (ray)", disable=None)
+    try:
+        while running or (queue and loading and invalid <= work.limit):
             (ref,), _ = ray.wait([*loading, *running], num_returns=1)
             actor = loading.pop(ref) if ref in loading else running.pop(ref)
-            try:
-                value = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                raise _failure(exc) from None
-            if not isinstance(value, int):  # a partition, not an actor's ready()
+            value = _get(ray, ref)
+            if not isinstance(value, int):  # a partition, not an actor's load()
                 _p, rows, bad = value
                 rows_done, invalid = rows_done + rows, invalid + bad
                 bar.update(1)
-            if queue and invalid <= limit:
-                running[actor.extract.remote(queue.popleft())] = actor
+            if queue and invalid <= work.limit:
+                p = queue.popleft()
+                running[actor.extract.remote(p, work.marks(p))] = actor
     finally:
         bar.close()
-        for a in actors:
-            ray.kill(a)
     return rows_done, invalid
 
 

@@ -166,6 +166,20 @@ def test_a_wrong_key_is_the_commands_one_line_error(tmp_path, capsys):
         extract_config(None, only_teachers=["nope"])
 
 
+def test_an_engine_is_local_or_ray_and_its_options_need_it():
+    from featcache.pipeline import extract_features
+    from featcache.train import train_sweep
+
+    with pytest.raises(ConfigError, match=r"^engine: expected 'local' or 'ray', got 'spark'$"):
+        extract_features(None, engine="spark")
+    with pytest.raises(ConfigError, match=r"^ray_workers: only with engine='ray'$"):
+        extract_features(None, ray_workers=2)
+    with pytest.raises(ConfigError, match=r"^address, ray_gpus: only with engine='ray'$"):
+        train_sweep("c.toml", grid={"seed": [0]}, address="10.0.0.5:6379", ray_gpus=1)
+    with pytest.raises(ConfigError, match=r"^jobs: engine='ray' places the runs itself"):
+        train_sweep("c.toml", grid={"seed": [0]}, engine="ray", jobs=2)
+
+
 def test_importing_the_api_stays_light_and_leaves_the_engine_modules_alone():
     script = textwrap.dedent("""
         import sys

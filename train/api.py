@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from featcache.plumbing.api import as_overrides, progress_bars, toml_value
+from featcache.plumbing.api import as_overrides, check_engine, progress_bars, toml_value
 from featcache.plumbing.config import ConfigError, load_config
 
 if TYPE_CHECKING:  # the schema (and whatever it imports) loads when a call needs it
@@ -155,14 +155,16 @@ def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: 
 
 
 def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | None = None, jobs: int = 1,
-                dry_run: bool = False, log: Log = print, then_seeds: Sequence[int] = (),
-                **overrides: Any) -> SweepResult:
+                dry_run: bool = False, log: Log = print, then_seeds: Sequence[int] = (), engine: str = "local",
+                address: str | None = None, ray_cpus: int = 1, ray_gpus: float = 0, **overrides: Any) -> SweepResult:
     """``featcache-train sweep``: every combination of ``grid`` on one cache, one run directory each.
 
     ``grid`` maps a key to its values as ``--grid`` does: ``{"method": ["stl", "aft"], "seed": [0, 1, 2],
     "aft.beta": [0.1, 1.0], "data.teachers": [["a"], ["a", "b"]]}``. Runs land in ``out`` (default:
     the config's out_dir) as ``<method>-<hash>``; finished runs are skipped, interrupted ones resumed.
     ``then_seeds``: afterwards, each method's grid point chosen on validation runs with these seeds.
+    ``engine="ray"`` is ``--engine ray``: each run a Ray task reserving ``ray_cpus`` CPUs and
+    ``ray_gpus`` GPUs, on the cluster at ``address`` (or the instance this session already started).
     """
     from .sweep import run_sweep
 
@@ -172,12 +174,21 @@ def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | No
         raise ConfigError("train_sweep: give at least one grid key, e.g. grid={'method': ['stl', 'aft']}")
     if jobs < 1:
         raise ConfigError("jobs: must be >= 1")
+    check_engine(engine, {"address": address, "ray_cpus": ray_cpus, "ray_gpus": ray_gpus},
+                 {"address": None, "ray_cpus": 1, "ray_gpus": 0})
+    on_ray = None
+    if engine == "ray":
+        if jobs > 1:
+            raise ConfigError("jobs: engine='ray' places the runs itself; leave jobs at 1")
+        from .sweep_ray import ray_engine
+
+        on_ray = ray_engine(address, ray_cpus, ray_gpus)
     lines = []
     for key, values in grid.items():
         values = [values] if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) else values
         lines.append(f"{key}=" + ",".join(toml_value(v, key) for v in values))
     res = run_sweep(os.fspath(config), as_overrides(overrides), lines, jobs=jobs, root=out, dry_run=dry_run, log=log,
-                    then_seeds=tuple(then_seeds))
+                    then_seeds=tuple(then_seeds), engine=on_ray)
     return SweepResult(res["root"], res["runs"], res["ran"], tuple(res["failed"]))
 
 

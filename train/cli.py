@@ -157,12 +157,8 @@ def _sweep_engine(args: argparse.Namespace):
         return None
     if args.jobs > 1 or args.worker is not None:
         raise UsageError("--engine ray places the runs itself: drop --jobs / --worker")
-    if args.ray_cpus < 1 or args.ray_gpus < 0:
-        raise UsageError("--ray-cpus must be >= 1 and --ray-gpus >= 0")
-    from functools import partial
-
-    from .sweep_ray import ray_results
-    return partial(ray_results, address=args.address, cpus=args.ray_cpus, gpus=args.ray_gpus)
+    from .sweep_ray import ray_engine
+    return ray_engine(args.address, args.ray_cpus, args.ray_gpus)
 
 
 def _handle_run(command: str, args: argparse.Namespace) -> int:

@@ -147,7 +147,7 @@ def status(run: PlannedRun) -> str:
     return "resume" if os.path.exists(os.path.join(out, "checkpoint.pt")) else "new"
 
 
-def _execute(config: dict[str, Any], resume: bool, threads: int) -> dict[str, Any]:
+def run_one(config: dict[str, Any], resume: bool, threads: int) -> dict[str, Any]:
     """One run, its output in out_dir/train.log; the result (or the error) comes back as a dict."""
     import torch
 
@@ -186,10 +186,10 @@ def execute(todo: Sequence[PlannedRun], jobs: int, log: Log, engine: Engine | No
             report(i, r, result)
     elif jobs <= 1:
         for i, r in enumerate(todo, 1):
-            report(i, r, _execute(r.config, status(r) == "resume", threads))
+            report(i, r, run_one(r.config, status(r) == "resume", threads))
     else:
         with mp.get_context("spawn").Pool(jobs, storage.install, (storage.snapshot(),)) as pool:
-            pending = [(r, pool.apply_async(_execute, (r.config, status(r) == "resume", threads))) for r in todo]
+            pending = [(r, pool.apply_async(run_one, (r.config, status(r) == "resume", threads))) for r in todo]
             for i, (r, handle) in enumerate(pending, 1):
                 report(i, r, handle.get())
             pool.close()  # let the workers exit on their own (terminate() would leak their semaphores)

@@ -42,6 +42,23 @@ def test_ray_actors_give_the_one_process_store(ray_address, reference_store, tmp
     assert "resuming: 6 of 6 partitions already done" in again and "for 0 partitions" in again
 
 
+def test_the_python_api_runs_on_the_sessions_ray_instance(ray_address, reference_store, tmp_path):
+    """extract_features(engine="ray") in a process where ray.init already ran (a notebook): that
+    instance is used, and left running."""
+    import ray
+
+    from featcache.pipeline import extract_features
+
+    images, ckpt, ref = reference_store
+    store = str(tmp_path / "api.zarr")
+    lines = []
+    summary = extract_features(partitioned_config(tmp_path, images, ckpt, store), engine="ray", ray_workers=2,
+                               log=lines.append)
+    assert summary.complete and summary.rows_done == summary.rows and ray.is_initialized()
+    assert "ray: 2 actors (1 CPU each) for 6 partitions" in lines
+    assert_same_store(ref, store)
+
+
 def test_an_actor_killed_mid_partition_is_restarted_and_its_partition_rerun(ray_address, reference_store, tmp_path):
     images, ckpt, ref = reference_store
     store = str(tmp_path / "killed.zarr")
@@ -79,6 +96,19 @@ def test_hdf5_refuses_several_actors_in_one_line(ray_address, reference_store, t
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and "one writer" in err, err
     assert not os.path.exists(tmp_path / "one.h5")
+
+
+def test_a_mistake_found_while_an_actor_prepares_is_one_line(ray_address, reference_store, tmp_path):
+    """The first actor prepares the store: its refusal reaches the user as the driver's would."""
+    images, ckpt, _ref = reference_store
+    taken = tmp_path / "taken.zarr"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("not a store\n")
+    proc = _extract_on_ray(partitioned_config(tmp_path, images, ckpt, taken), ray_address)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "exists and is not a featcache store" in err
+    assert sorted(os.listdir(taken)) == ["notes.txt"]
 
 
 def test_a_bad_address_or_no_ray_is_one_line(reference_store, tmp_path):

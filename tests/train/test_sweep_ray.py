@@ -58,6 +58,13 @@ def test_a_sweep_on_ray_gives_the_sequential_results(ray_address, synth, tmp_pat
     assert table.returncode == 0 and "| stl |" in table.stdout and "| aft |" in table.stdout, table.stderr
     again = _sweep(cfg, tmp_path / "ray", "--engine", "ray", "--address", ray_address)
     assert "4 already finished, 0 to run" in again
+    from featcache.train import train_sweep  # the Python API on this session's Ray instance
+
+    lines = []
+    res = train_sweep(cfg, grid={"method": ["stl", "aft"], "seed": [0, 1]}, out=str(tmp_path / "api"),
+                      engine="ray", log=lines.append, data={"label_budget": 40})
+    assert (res.ran, res.failed) == (4, ()) and any("on Ray" in line for line in lines)
+    assert _values(tmp_path / "api") == seq
 
 
 def test_ray_flags_without_the_engine_are_refused(tmp_path):
