@@ -8,8 +8,8 @@ from .api import extract_config, extract_features
 
 
 def __getattr__(name: str):
-    if name == "Summary":  # the engine (torch, teachers) loads only when asked for
-        from .extract import Summary
+    if name == "Summary":
+        from .outcome import Summary
         return Summary
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -18,7 +18,7 @@ from featcache.plumbing.config import load_config
 from .config import ExtractConfig
 
 if TYPE_CHECKING:
-    from .extract import Summary
+    from .outcome import Summary
 
 
 def extract_config(config: str | None = None, *, only_teachers: str | Sequence[str] | None = None,

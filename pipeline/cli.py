@@ -27,7 +27,7 @@ from featcache.plumbing.errors import UsageError
 from .config import ExtractConfig
 
 if TYPE_CHECKING:
-    from .extract import Summary
+    from .outcome import Summary
 
 PROG = "featcache-extract"
 
@@ -88,7 +88,6 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
         from .finetune import FinetuneConfig, run_finetune
         run_finetune(load_config(FinetuneConfig, args.config, args.overrides))
         return EXIT_OK
-    from .extract import run_extract, run_prepare
     from .workers import parse_worker
 
     worker = parse_worker(args.worker) if args.worker is not None else None
@@ -107,6 +106,8 @@ def handle(command: str | None, args: argparse.Namespace) -> int:
                             cpus=args.ray_cpus)
         _print_summary(s)
         return EXIT_OK
+    from .extract import run_extract, run_prepare  # torch and the teachers: not in --engine ray's driver
+
     if args.prepare:
         run_prepare(cfg, add_teacher=args.add_teacher)
         print(f"prepared  {cfg.output.store}: start the --worker I/N processes")

@@ -86,3 +86,8 @@ class ExtractConfig:
         if not 0 <= self.max_invalid_fraction <= 1:
             errors.append("max_invalid_fraction: must be in [0, 1]")
         return errors
+
+
+def backend_of(cfg: ExtractConfig) -> str | None:
+    """The store backend ``output.backend`` asks for; None: chosen from the store's path."""
+    return None if cfg.output.backend == "auto" else cfg.output.backend

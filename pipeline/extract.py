@@ -12,16 +12,15 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from featcache.cache_tools import CacheError, FeatureCache
+from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.locate import capabilities_of, detect_backend
-from featcache.plumbing import atomic, storage
+from featcache.plumbing import storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import UsageError
 from featcache.plumbing.distributed import Dist, all_sum, barrier, patient_group, setup, teardown
@@ -29,38 +28,11 @@ from featcache.rawdata import InputError, Source, clean_reason
 from featcache.rawdata.views import EVAL_VIEW, apply_view, sample_view
 
 from .config import ExtractConfig
-from .prepare import MAIN_RANK_WAIT, backend_of, open_on_main, open_on_other_rank, report_other_ranks
+from .config import backend_of
+from .outcome import ExtractError, Summary, invalid_log_path, stop_over_budget, write_invalid_log
+from .prepare import MAIN_RANK_WAIT, open_on_main, open_on_other_rank, report_other_ranks
 from .teachers import Teacher
-from .workers import clear_prepared, mark_prepared, prepare_once
-
-
-class ExtractError(CacheError):
-    """The run cannot go on (too many undecodable inputs, inputs changed under a resume)."""
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What one extraction run did; ``featcache-extract`` prints it, the Python API returns it."""
-
-    path: str
-    rows: int
-    valid_rows: int
-    teachers: dict[str, int]
-    rows_done: int
-    seconds: float
-    size_bytes: int
-    complete: bool
-    invalid_log: str | None
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows_done / self.seconds if self.seconds > 0 else 0.0
-
-
-def invalid_log_path(store: str) -> str:
-    if "://" in store:
-        return os.path.abspath(f"featcache-invalid-{os.path.basename(store.rstrip('/'))}.log")
-    return os.path.normpath(store) + ".invalid.log"
+from .workers import clear_prepared, hold_if_asked, mark_prepared, prepare_once
 
 
 # -- one partition ------------------------------------------------------------------------
@@ -102,6 +74,7 @@ def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, t
                       done: dict[str, set[int]], pool: ThreadPoolExecutor, bar: tqdm) -> int:
     """Compute and write partition p for the teachers that lack it (``done``: markers read at start);
     return its invalid row count."""
+    hold_if_asked(p)
     a, b = cache.partition_range(p)
     need = [t for t in teachers if p not in done[t.name]]
     index_done = p in done[cache.index.key]
@@ -137,28 +110,6 @@ def extract_partition(cfg: ExtractConfig, cache: FeatureCache, source: Source, t
                                    "notes": {"invalid": reasons}}
     cache.write_partition(p, features=feats, **index)
     return 0 if index_done else int((~valid).sum())
-
-
-def _write_invalid_log(cache: FeatureCache, path: str) -> str | None:
-    """Every invalid row's id and reason, in row order (the index markers keep them by id)."""
-    reasons = cache.index.invalid_reasons()
-    row_of = {sid: i for i, sid in enumerate(cache.sample_ids) if sid in reasons}
-    lines = [f"{sid}\t{reasons[sid]}" for sid in sorted(reasons, key=lambda sid: (row_of.get(sid, cache.rows), sid))]
-    if not lines:
-        if os.path.exists(path):
-            os.remove(path)
-        return None
-    atomic.write_text(path, "".join(line + "\n" for line in lines))
-    return path
-
-
-def _stop_over_budget(cfg: ExtractConfig, cache: FeatureCache, invalid: int, rows: int) -> None:
-    """ExtractError when more inputs failed than ``max_invalid_fraction`` allows. The store records
-    that budget (prepare.py), so until a run within it, it is not complete and says why."""
-    if invalid > cfg.max_invalid_fraction * rows:
-        logged = _write_invalid_log(cache, invalid_log_path(cfg.output.store))
-        raise ExtractError(f"{invalid} inputs failed to decode, more than max_invalid_fraction="
-                           f"{cfg.max_invalid_fraction} of {rows}; see {logged}")
 
 
 def run_extract(cfg: ExtractConfig, *, add_teacher: bool = False, log=print,
@@ -231,7 +182,7 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log, worker: tuple[
     rows_mine = sum(cache.partition_range(p)[1] - cache.partition_range(p)[0] for p in mine)
     # a rerun of a run that stopped over budget stops the same way: the rows it found are marked done
     invalid_so_far = cache.invalid_rows()
-    _stop_over_budget(cfg, cache, invalid_so_far, len(source))
+    stop_over_budget(cfg, cache, invalid_so_far, len(source))
     t0 = time.time()
     bar = tqdm(total=rows_mine, unit="rows", desc="extract", disable=None if dist_.is_main else True)
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads)) as pool:
@@ -239,12 +190,12 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log, worker: tuple[
             invalid_so_far += extract_partition(cfg, cache, source, teachers, p, done, pool, bar)
             if invalid_so_far > cfg.max_invalid_fraction * len(source):
                 bar.close()
-                _stop_over_budget(cfg, cache, invalid_so_far, len(source))
+                stop_over_budget(cfg, cache, invalid_so_far, len(source))
     bar.close()
     seconds = time.time() - t0
     barrier()
     final = FeatureCache.open(cfg.output.store, backend=backend_of(cfg))
-    logged = _write_invalid_log(final, invalid_log_path(cfg.output.store)) if dist_.is_main else None
+    logged = write_invalid_log(final, invalid_log_path(cfg.output.store)) if dist_.is_main else None
     rows_done = int(all_sum(torch.tensor([rows_mine], dtype=torch.int64)).item())
     summary = Summary(final.path, final.rows, int(final.valid.sum()), {t.name: t.dim for t in teachers},
                       rows_done, seconds, final.size_on_disk(), final.is_complete, logged)

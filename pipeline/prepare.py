@@ -26,15 +26,11 @@ from featcache.rawdata import Source
 from featcache.rawdata.configured import open_source_config
 from featcache.rawdata.views import VIEW_PARAMS
 
-from .config import ExtractConfig
+from .config import ExtractConfig, backend_of
 from .teachers import Teacher, best_device, build_teacher
 
 
 MAIN_RANK_WAIT = timedelta(hours=48)  # how long the other ranks wait for rank 0's walk (and teacher load)
-
-
-def backend_of(cfg: ExtractConfig) -> str | None:
-    return None if cfg.output.backend == "auto" else cfg.output.backend
 
 
 def _existing_store(cfg: ExtractConfig, backend: str | None) -> FeatureCache | None:

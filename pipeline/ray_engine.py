@@ -18,29 +18,26 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from featcache.cache_tools import FeatureCache
 from featcache.cache_tools.locate import capabilities_of
-from featcache.plumbing import atomic, storage
+from featcache.plumbing import storage
 from featcache.plumbing.config import ConfigError
 from featcache.plumbing.errors import UsageError
-from featcache.plumbing.distributed import Dist
 from featcache.plumbing.ray_cluster import RETRIES, cluster_counts, connected
-from featcache.rawdata import Source
 
-from .config import ExtractConfig
-from .extract import Summary, _stop_over_budget, _write_invalid_log, extract_partition, invalid_log_path, \
-    run_prepare
-from .prepare import backend_of, open_on_other_rank
-from .teachers import Teacher
+from .config import ExtractConfig, backend_of
+from .outcome import Summary, invalid_log_path, stop_over_budget, write_invalid_log
+from .workers import HOLD_ENV
 
-# A test hook: "P:DIR" makes the actor that starts partition P write its pid to DIR/held and wait
-# there (once), so a test can kill it mid-partition. Read by the driver, handed to the actors.
-HOLD_ENV = "FEATCACHE_TEST_HOLD_PARTITION"
-HOLD_S = 300.0
+if TYPE_CHECKING:
+    from featcache.rawdata import Source
+
+    from .teachers import Teacher
+
 CPUS_PER_ACTOR = 4  # a CPU-only actor's share: its teachers' forward passes use these threads
 
 
@@ -80,7 +77,9 @@ class PartitionWorker:
             os.chdir(cwd)
         storage.install(layers)
         torch.set_num_threads(threads)
-        self.cfg, self.hold = cfg, hold
+        if hold:  # the test hook of workers.py, read by the driver: an actor's environment is Ray's
+            os.environ[HOLD_ENV] = hold
+        self.cfg = cfg
         self.opened: tuple[Source, list[Teacher]] | None = None
         self.cache: FeatureCache | None = None
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads))
@@ -89,6 +88,8 @@ class PartitionWorker:
     def prepare(self, add_teacher: bool) -> list[str]:
         """Create or check the store (as ``--prepare`` does) and keep the teachers it loaded; the
         lines it would have printed, for the driver to print."""
+        from .extract import run_prepare
+
         lines: list[str] = []
         self.opened = run_prepare(self.cfg, add_teacher=add_teacher, log=lines.append)
         return lines
@@ -96,30 +97,26 @@ class PartitionWorker:
     def load(self) -> int:
         """The source (from the prepared store's index) and teachers, once; the actor's pid."""
         if self.opened is None:
+            from featcache.plumbing.distributed import Dist
+
+            from .prepare import open_on_other_rank
+
             self.opened = open_on_other_rank(self.cfg, Dist())
         return os.getpid()
 
     def extract(self, p: int, done: dict[str, bool]) -> tuple[int, int, int]:
         """(partition, rows, invalid rows) once partition ``p`` is written and marked done;
         ``done``: which of this run's parts the driver found already done for ``p``."""
+        from .extract import extract_partition
+
         self.load()
         if self.cache is None:
             self.cache = FeatureCache.open(self.cfg.output.store, mode="r+", backend=backend_of(self.cfg))
-        self._maybe_hold(p)
         source, teachers = self.opened
         a, b = self.cache.partition_range(p)
         marks = {part: {p} if is_done else set() for part, is_done in done.items()}
         invalid = extract_partition(self.cfg, self.cache, source, teachers, p, marks, self.pool, self.quiet)
         return p, b - a, invalid
-
-    def _maybe_hold(self, p: int) -> None:
-        if not self.hold:
-            return
-        part, folder = self.hold.split(":", 1)
-        marker = os.path.join(folder, "held")
-        if int(part) == p and not os.path.exists(marker):
-            atomic.write_text(marker, str(os.getpid()))
-            time.sleep(HOLD_S)
 
 
 def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: str | None = None,
@@ -148,7 +145,7 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
                     log(f"resuming: {cache.num_partitions - len(todo)} of {cache.num_partitions} partitions "
                         "already done")
                 invalid, limit = cache.invalid_rows(), cfg.max_invalid_fraction * cache.rows
-                _stop_over_budget(cfg, cache, invalid, cache.rows)
+                stop_over_budget(cfg, cache, invalid, cache.rows)
             used = actors[:max(1, min(len(actors), len(todo)))]
             for spare in actors[len(used):]:
                 ray.kill(spare)
@@ -163,8 +160,8 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
                 ray.kill(a)
     final = FeatureCache.open(cfg.output.store, backend=backend_of(cfg))
     try:
-        _stop_over_budget(cfg, final, invalid, final.rows)
-        logged = _write_invalid_log(final, invalid_log_path(cfg.output.store))
+        stop_over_budget(cfg, final, invalid, final.rows)
+        logged = write_invalid_log(final, invalid_log_path(cfg.output.store))
         dims = {t.name: int(final.teacher_info(t.name)["dim"]) for t in cfg.teachers}
         return Summary(final.path, final.rows, int(final.valid.sum()), dims, rows_done, seconds,
                        final.size_on_disk(), final.is_complete, logged)

@@ -22,6 +22,21 @@ from featcache.plumbing.cli import parse_worker  # noqa: F401 - pipeline.cli's a
 from featcache.plumbing.errors import UsageError
 
 POLL_S = 0.5
+# A test hook: "P:DIR" makes the process that starts partition P write its pid to DIR/held and
+# wait there (once), so that a test kills it inside that partition, not before or after it.
+HOLD_ENV = "FEATCACHE_TEST_HOLD_PARTITION"
+HOLD_S = 300.0
+
+
+def hold_if_asked(p: int) -> None:
+    hold = os.environ.get(HOLD_ENV, "")
+    if not hold:
+        return
+    part, folder = hold.split(":", 1)
+    marker = os.path.join(folder, "held")
+    if int(part) == p and not os.path.exists(marker):
+        atomic.write_text(marker, str(os.getpid()))
+        time.sleep(HOLD_S)
 
 
 def ready_path(store: str) -> str:

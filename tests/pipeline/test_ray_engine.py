@@ -10,7 +10,8 @@ import time
 import pytest
 
 from featcache.cache_tools import FeatureCache
-from featcache.pipeline.ray_engine import HOLD_ENV, plan_pool
+from featcache.pipeline.ray_engine import plan_pool
+from featcache.pipeline.workers import HOLD_ENV
 
 from extract_helpers import BUCKET, assert_same_store, exe, finish, one_thread_env, partitioned_config
 
@@ -30,6 +31,16 @@ def test_pool_sizes():
     assert (plan_pool(2, 0).actors, plan_pool(2, 0).cpus) == (1, 2)
     assert (plan_pool(2, 0, workers=2).actors, plan_pool(2, 0, workers=2).cpus) == (2, 1)
     assert plan_pool(16, 0, cpus=8).actors == 2
+
+
+def test_the_driver_loads_no_model():
+    """Only the actors run teachers: the driver's module leaves torch and the model libraries alone."""
+    import sys
+
+    code = ("import sys, featcache.pipeline.cli, featcache.pipeline.ray_engine; "
+            "print(sorted(m for m in ('torch', 'timm', 'transformers', 'open_clip') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr + res.stdout
 
 
 def test_ray_actors_give_the_one_process_store(ray_address, reference_store, tmp_path):

@@ -9,15 +9,15 @@ import time
 import pytest
 
 from featcache.cache_tools import FeatureCache
-from featcache.pipeline.workers import parse_worker
+from featcache.pipeline.workers import HOLD_ENV, parse_worker
 from featcache.plumbing.errors import UsageError
 
 from extract_helpers import BUCKET, assert_same_store, exe, finish, one_thread_env, partitioned_config
 
 
 
-def _worker(cfg, share, **kw):
-    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=one_thread_env(), text=True,
+def _worker(cfg, share, env=None, **kw):
+    return subprocess.Popen([exe("featcache-extract"), cfg, "--worker", share], env=env or one_thread_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
@@ -39,17 +39,16 @@ def test_shares_in_any_order_and_a_killed_worker_rerun(reference_store, tmp_path
     prep = subprocess.run([exe("featcache-extract"), cfg, "--prepare"], capture_output=True, text=True, env=one_thread_env())
     assert prep.returncode == 0 and "prepared" in prep.stdout, prep.stderr
     assert not FeatureCache.open(store).index.done()  # --prepare writes no partition
-    proc = _worker(cfg, "2/3")
-    markers = os.path.join(store, "_partitions", "effnet")
+    held = tmp_path / "hold"
+    held.mkdir()
+    proc = _worker(cfg, "2/3", env=one_thread_env(**{HOLD_ENV: f"5:{held}"}))  # share 2: partitions 2 and 5
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(markers) and os.listdir(markers):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    while not (held / "held").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (held / "held").exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGKILL)  # inside partition 5, partition 2 written
     proc.wait()
-    done_at_kill = sorted(n for n in os.listdir(markers) if n.isdigit()) if os.path.isdir(markers) else []
-    assert "000005" not in done_at_kill, "killed too late to test a rerun of a part-done share"
+    assert set(FeatureCache.open(store).index.done()) == {2}
     finish(_worker(cfg, "1/3"), 600)
     finish(_worker(cfg, "2/3"), 600)  # the killed share, rerun
     assert not FeatureCache.open(store).is_complete  # share 0 has not run
