@@ -191,6 +191,7 @@ def main() -> None:
     res = {"sizes": [summarise(n, times[n]) for n in sizes], "repeats": args.repeats, "batch": BATCH,
            "partition_rows": PARTITION_ROWS, "cpus": os.cpu_count(), "load_average_before": load_before,
            "featcache": created_by(), "at": utc_now()}
+    res["goals"] = {f"{size['rows']} rows: {k}": v for size in res["sizes"] for k, v in size["goals"].items()}
     print(f"load average before: {load_before:.2f} on {os.cpu_count()} CPUs")
     for size in res["sizes"]:
         report(size)

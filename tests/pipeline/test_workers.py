@@ -88,3 +88,84 @@ def test_workers_on_the_loopback_s3_server_worker_0_prepares(reference_store, s3
     assert "waiting for another worker to prepare" in finish(first, 600)
     finish(second, 600)
     assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
+
+
+# -- the cluster doc's scripts, run as far as one machine allows ------------------------------------
+CLUSTER_DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "cluster.md")
+
+
+def _doc_block(heading, first_line):
+    """The indented code block under ``heading`` of docs/cluster.md that starts with ``first_line``."""
+    text = open(CLUSTER_DOC, encoding="utf-8").read().split(f"## {heading}\n", 1)[1]
+    lines = text[text.index(f"    {first_line}"):].split("\n")
+    block = []
+    for line in lines:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip() + "\n"
+
+
+def _in_pairs(commands, env_of):
+    """Run ``sh -c`` commands two at a time (2 cores), each with its own environment and the
+    console scripts on PATH, as on a node where featcache is installed; all must pass."""
+    import sys
+
+    bin_dir = os.path.dirname(sys.executable)
+    for k in range(0, len(commands), 2):
+        envs = [env_of(k + j) for j in range(len(commands[k:k + 2]))]
+        envs = [{**e, "PATH": bin_dir + os.pathsep + e.get("PATH", "")} for e in envs]
+        procs = [subprocess.Popen(["sh", "-c", c], env=envs[j], text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, cwd=cwd) for j, (c, cwd) in enumerate(commands[k:k + 2])]
+        for p in procs:
+            finish(p, 600)
+
+
+def test_the_slurm_array_script_of_the_cluster_doc(reference_store, tmp_path):
+    """Its prepare command, then the script by bash once per array index, as SLURM would set them."""
+    import re
+    import sys
+
+    images, ckpt, ref = reference_store
+    script = _doc_block("SLURM array", "#!/bin/bash")
+    first, last = map(int, re.search(r"#SBATCH --array=(\d+)-(\d+)", script).groups())
+    prepare = re.search(r'--wrap "([^"]+)"', script).group(1)
+    work = tmp_path / "work"
+    (work / "configs").mkdir(parents=True)
+    (work / ".venv" / "bin").mkdir(parents=True)
+    (work / ".venv" / "bin" / "activate").write_text(f'export PATH="{os.path.dirname(sys.executable)}:$PATH"\n')
+    store = tmp_path / "shared" / "stores" / "train.zarr"  # the config's output.store, as the script's comment says
+    (work / "configs" / "my.toml").write_text(open(partitioned_config(tmp_path, images, ckpt, store)).read())
+    (work / "extract.sbatch").write_text(script)
+    _in_pairs([(prepare, work)], lambda _i: one_thread_env())
+    count = last - first + 1
+    _in_pairs([("bash extract.sbatch", work) for _ in range(first, last + 1)],
+              lambda i: one_thread_env(SLURM_ARRAY_TASK_ID=str(first + i), SLURM_ARRAY_TASK_COUNT=str(count)))
+    assert_same_store(ref, str(store))
+
+
+def test_the_kubernetes_indexed_job_of_the_cluster_doc(reference_store, s3, tmp_path):
+    """The manifest as YAML: its container's command once per completion index on the loopback S3
+    server, after the prepare step the doc asks for on object storage."""
+    import re
+
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("s3fs")
+    images, ckpt, ref = reference_store
+    job = yaml.safe_load(_doc_block("Kubernetes indexed Job", "apiVersion:"))
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sh", "-c"]
+    text = open(CLUSTER_DOC, encoding="utf-8").read()
+    prepare = re.search(r"run `(featcache-extract /config/my.toml --prepare)` first", text).group(1)
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    store = f"s3://{BUCKET}/k8s/train.zarr"
+    cfg = partitioned_config(tmp_path, images, ckpt, store, storage={"endpoint_url": s3["endpoint"]})
+    (config_dir / "my.toml").write_text(open(cfg).read())
+    local = lambda command: (command.replace("/config/", f"{config_dir}/"), tmp_path)  # noqa: E731
+    _in_pairs([local(prepare)], lambda _i: one_thread_env())
+    _in_pairs([local(container["args"][0]) for _ in range(spec["completions"])],
+              lambda i: one_thread_env(JOB_COMPLETION_INDEX=str(i)))
+    assert_same_store(ref, store, storage_options={"endpoint_url": s3["endpoint"]})
