@@ -162,7 +162,7 @@ def report(res: dict) -> None:
     print(f"featcache-extract           {plain_s:7.1f} s  ({rows / plain_s:5.1f} rows/s; "
           f"{outside['plain']:.1f} s outside extraction)")
     for key, name in (("ray_own", "own instance"), ("ray_running", "running one ")):
-        wall = res[f"{key}_instance_s"] if key == "ray_own" else res["ray_running_instance_s"]
+        wall = res[f"{key}_instance_s"]
         print(f"--engine ray, {name}  {wall:7.1f} s  ({rows / wall:5.1f} rows/s; {outside[key]:.1f} s outside "
               f"extraction)   {plain_s / wall:.3f}x plain's rows/s, {one / wall:.3f}x one worker's (goal >= 0.9)")
 

@@ -53,7 +53,10 @@ class MissingNodeError(CorruptCacheError, KeyError):
 
     def __init__(self, path: str, node: str) -> None:
         super().__init__(f"{path}: {node or '/'}: no such group or array")
-        self.node = node
+        self.path, self.node = path, node
+
+    def __reduce__(self):  # rebuilt from its two arguments, not the message: it crosses processes (Ray)
+        return type(self), (self.path, self.node)
 
     def __str__(self) -> str:
         return str(self.args[0])

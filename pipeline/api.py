@@ -34,7 +34,8 @@ def extract_config(config: str | None = None, *, only_teachers: str | Sequence[s
 def extract_features(config: str | None = None, *, add_teacher: bool = False,
                      only_teachers: str | Sequence[str] | None = None, index_only: bool = False,
                      progress: bool | None = None, log: Callable[[str], None] = print,
-                     engine: str = "local", address: str | None = None, ray_workers: int = 0, ray_cpus: int = 0,
+                     engine: str = "local", address: str | None = None, ray_workers: int | None = None,
+                     ray_cpus: int | None = None,
                      **overrides: Any) -> "Summary | None":
     """Run the teachers of ``config`` (a TOML path; None = the defaults) over its source into its store.
 
@@ -44,18 +45,18 @@ def extract_features(config: str | None = None, *, add_teacher: bool = False,
     ``--teachers A,B`` and ``--index-only``. ``progress``: True draws the bar where stderr is no
     terminal (Jupyter), False hides it, None shows it on a terminal only, like the command.
     ``engine="ray"`` is ``--engine ray``: a pool of Ray actors (``address``, ``ray_workers``,
-    ``ray_cpus`` are its flags); in a session where ``ray.init`` already ran, that instance is used.
+    ``ray_cpus`` are its flags; None: the flag's default); where ``ray.init`` already ran in this
+    session, that instance is used.
     Returns the run's ``Summary`` (None on the other ranks under torchrun).
     """
-    check_engine(engine, {"address": address, "ray_workers": ray_workers, "ray_cpus": ray_cpus},
-                 {"address": None, "ray_workers": 0, "ray_cpus": 0})
+    check_engine(engine, {"address": address, "ray_workers": ray_workers, "ray_cpus": ray_cpus})
     cfg = extract_config(config, only_teachers=only_teachers, index_only=index_only, **overrides)
     with progress_bars(progress):
         if engine == "ray":
             from .ray_engine import run_extract_ray
 
-            return run_extract_ray(cfg, add_teacher=add_teacher, address=address, workers=ray_workers,
-                                   cpus=ray_cpus, log=log)
+            return run_extract_ray(cfg, add_teacher=add_teacher, address=address, workers=ray_workers or 0,
+                                   cpus=ray_cpus or 0, log=log)
         from .extract import run_extract
 
         return run_extract(cfg, add_teacher=add_teacher, log=log)

@@ -27,8 +27,7 @@ from featcache.plumbing.distributed import Dist, all_sum, barrier, patient_group
 from featcache.rawdata import InputError, Source, clean_reason
 from featcache.rawdata.views import EVAL_VIEW, apply_view, sample_view
 
-from .config import ExtractConfig
-from .config import backend_of
+from .config import ExtractConfig, backend_of
 from .outcome import ExtractError, Summary, invalid_log_path, stop_over_budget, write_invalid_log
 from .prepare import MAIN_RANK_WAIT, open_on_main, open_on_other_rank, report_other_ranks
 from .teachers import Teacher

@@ -85,6 +85,15 @@ class PartitionWorker:
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads))
         self.quiet = tqdm(disable=True)
 
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+        self.pool.shutdown()
+
     def prepare(self, add_teacher: bool) -> list[str]:
         """Create or check the store (as ``--prepare`` does) and keep the teachers it loaded; the
         lines it would have printed, for the driver to print."""
@@ -104,9 +113,9 @@ class PartitionWorker:
             self.opened = open_on_other_rank(self.cfg, Dist())
         return os.getpid()
 
-    def extract(self, p: int, done: dict[str, bool]) -> tuple[int, int, int]:
+    def extract(self, p: int, done: dict[str, set[int]]) -> tuple[int, int, int]:
         """(partition, rows, invalid rows) once partition ``p`` is written and marked done;
-        ``done``: which of this run's parts the driver found already done for ``p``."""
+        ``done``: the done markers the driver read at the start, for ``p`` alone."""
         from .extract import extract_partition
 
         self.load()
@@ -114,8 +123,7 @@ class PartitionWorker:
             self.cache = FeatureCache.open(self.cfg.output.store, mode="r+", backend=backend_of(self.cfg))
         source, teachers = self.opened
         a, b = self.cache.partition_range(p)
-        marks = {part: {p} if is_done else set() for part, is_done in done.items()}
-        invalid = extract_partition(self.cfg, self.cache, source, teachers, p, marks, self.pool, self.quiet)
+        invalid = extract_partition(self.cfg, self.cache, source, teachers, p, done, self.pool, self.quiet)
         return p, b - a, invalid
 
 
@@ -135,7 +143,8 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
                               "or --ray-workers 1")
         actors = _start_actors(ray, cfg, pool)
         try:
-            for line in _get(ray, actors[0].prepare.remote(add_teacher)):
+            preparer = _first_up(ray, actors)  # not actors[0]: that one may wait for a node that never comes
+            for line in _get(ray, preparer.prepare.remote(add_teacher)):
                 log(line)
             with FeatureCache.open(cfg.output.store, backend=backend_of(cfg)) as cache:
                 ours = [cache.index.key, *(cache.teacher(t.name).key for t in cfg.teachers)]
@@ -146,8 +155,9 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
                         "already done")
                 invalid, limit = cache.invalid_rows(), cfg.max_invalid_fraction * cache.rows
                 stop_over_budget(cfg, cache, invalid, cache.rows)
-            used = actors[:max(1, min(len(actors), len(todo)))]
-            for spare in actors[len(used):]:
+            others = [a for a in actors if a is not preparer]
+            used = [preparer, *others[:max(0, min(len(actors), len(todo)) - 1)]]
+            for spare in others[len(used) - 1:]:
                 ray.kill(spare)
             log(f"ray: {len(used) if todo else 0} actors ({pool.cpus} CPU" + (f", {pool.gpus} GPU" if pool.gpus else "")
                 + f" each) for {len(todo)} partitions")
@@ -155,6 +165,7 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
             work = Work(todo, {part: done[part] for part in ours}, invalid, limit)
             rows_done, invalid = _run_pool(ray, used, work)
             seconds = time.time() - t0
+            _close(ray, used)  # their stores closed before the driver reopens it (HDF5: one writer)
         finally:
             for a in actors:
                 ray.kill(a)
@@ -178,8 +189,9 @@ class Work:
     invalid: int
     limit: float
 
-    def marks(self, p: int) -> dict[str, bool]:
-        return {part: p in ps for part, ps in self.done.items()}
+    def marks(self, p: int) -> dict[str, set[int]]:
+        """``done`` for partition ``p`` alone: all an actor needs of it."""
+        return {part: {p} & ps for part, ps in self.done.items()}
 
 
 def _start_actors(ray, cfg: ExtractConfig, pool: Pool) -> list[Any]:
@@ -190,15 +202,28 @@ def _start_actors(ray, cfg: ExtractConfig, pool: Pool) -> list[Any]:
     return [actor_cls.remote(*args) for _ in range(pool.actors)]
 
 
+def _first_up(ray, actors: list[Any]) -> Any:
+    """The first actor whose process is up (Ray places them in no promised order)."""
+    pings = {a.pid.remote(): a for a in actors}
+    (ref,), _ = ray.wait(list(pings), num_returns=1)
+    _get(ray, ref)
+    return pings[ref]
+
+
+def _close(ray, actors: list[Any], wait_s: float = 60.0) -> None:
+    """Each actor's store closed (waited for up to ``wait_s``); ``ray.kill`` alone does not wait."""
+    ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=wait_s)
+
+
 def _get(ray, ref) -> Any:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:
-        raise _failure(exc) from None
+        raise _failure(ray, exc) from None
 
 
 def _run_pool(ray, actors: list[Any], work: Work) -> tuple[int, int]:
-    """(rows done, invalid rows so far): the first actor (prepared, so loaded) starts at once, the
+    """(rows done, invalid rows so far): the first actor (it prepared, so it is loaded) starts at once, the
     others once loaded; each is handed the next partition whenever it finishes one; handing out
     stops once the inputs that failed exceed the budget."""
     if not work.todo:
@@ -226,12 +251,18 @@ def _run_pool(ray, actors: list[Any], work: Work) -> tuple[int, int]:
     return rows_done, invalid
 
 
-def _failure(exc: Exception) -> Exception:
-    """An actor's own error (a bad input, a store problem) as it was raised there; an actor lost
-    for good (its restarts spent, or its constructor failed) as one line that says a rerun continues."""
+def _failure(ray, exc: Exception) -> Exception:
+    """An actor's own error (a bad input, a store problem) as it was raised there, the actor's
+    traceback added as a note (``--debug`` prints it); an actor lost for good (its restarts spent,
+    or its constructor failed) as one line that says a rerun continues; anything else as the last
+    line of what Ray reports."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, Exception) and not type(cause).__module__.startswith("ray"):
+        if hasattr(cause, "add_note"):
+            cause.add_note(f"raised in a Ray actor:\n{str(exc).strip()}")
         return cause
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConnectionError(f"--engine ray: an actor died and Ray gave up on it ({first}); rerun the command: "
-                           "done partitions are skipped")
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return ConnectionError(f"--engine ray: an actor died and Ray gave up on it ({lines[0]}); rerun the command: "
+                               "done partitions are skipped")
+    return RuntimeError(f"--engine ray: an actor failed: {lines[-1].strip()}")

@@ -55,11 +55,11 @@ def as_overrides(sections: Mapping[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def check_engine(engine: str, ray_options: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """``engine`` is "local" or "ray"; Ray's options may differ from ``defaults`` only with "ray"."""
+def check_engine(engine: str, ray_options: Mapping[str, Any]) -> None:
+    """``engine`` is "local" or "ray"; Ray's options (None: not given) only with "ray"."""
     if engine not in ("local", "ray"):
         raise ConfigError(f"engine: expected 'local' or 'ray', got {engine!r}")
-    given = [k for k, v in ray_options.items() if v != defaults[k]]
+    given = [k for k, v in ray_options.items() if v is not None]
     if engine == "local" and given:
         raise ConfigError(f"{', '.join(given)}: only with engine='ray'")
 

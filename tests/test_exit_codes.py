@@ -163,3 +163,32 @@ def test_internal_bug_with_debug_shows_the_traceback_and_still_exits_3(world):
                     "ZeroDivisionError('division by zero')", ["info", world["store"], "--debug"])
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert res.returncode == 3 and "Traceback" in res.stderr and "ZeroDivisionError" in res.stderr
+
+
+def test_every_featcache_error_survives_a_trip_to_another_process():
+    """Ray hands an actor's exception back pickled; one that cannot be rebuilt arrives as Ray's own
+    error and the user's one line (which store, what is wrong) is lost."""
+    import importlib
+    import inspect
+    import pickle
+    import pkgutil
+
+    classes = set()
+    rooms = [importlib.import_module(f"featcache.{room}")
+             for room in ("cache_tools", "pipeline", "plumbing", "rawdata", "train")]
+    for mod in (m for room in rooms for m in pkgutil.walk_packages(room.__path__, room.__name__ + ".")):
+        if mod.name.startswith(("featcache.pipeline.teachers.", "featcache.train.students")):
+            continue  # model libraries; their errors are in featcache.pipeline.teachers itself
+        try:
+            module = importlib.import_module(mod.name)
+        except ImportError:  # an optional extra (ray, onnx) not installed here
+            continue
+        classes |= {c for _n, c in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(c, Exception) and c.__module__.startswith("featcache.")}
+    assert len(classes) >= 15
+    for cls in sorted(classes, key=lambda c: c.__qualname__):
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+        err = cls(*[f"arg{i}" for i in range(len(params))]) if params else cls("store: what went wrong")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err), cls

@@ -156,15 +156,17 @@ def compare_runs(runs: str | os.PathLike | Sequence[str | os.PathLike], *, csv: 
 
 def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | None = None, jobs: int = 1,
                 dry_run: bool = False, log: Log = print, then_seeds: Sequence[int] = (), engine: str = "local",
-                address: str | None = None, ray_cpus: int = 1, ray_gpus: float = 0, **overrides: Any) -> SweepResult:
+                address: str | None = None, ray_cpus: int | None = None, ray_gpus: float | None = None,
+                **overrides: Any) -> SweepResult:
     """``featcache-train sweep``: every combination of ``grid`` on one cache, one run directory each.
 
     ``grid`` maps a key to its values as ``--grid`` does: ``{"method": ["stl", "aft"], "seed": [0, 1, 2],
     "aft.beta": [0.1, 1.0], "data.teachers": [["a"], ["a", "b"]]}``. Runs land in ``out`` (default:
     the config's out_dir) as ``<method>-<hash>``; finished runs are skipped, interrupted ones resumed.
     ``then_seeds``: afterwards, each method's grid point chosen on validation runs with these seeds.
-    ``engine="ray"`` is ``--engine ray``: each run a Ray task reserving ``ray_cpus`` CPUs and
-    ``ray_gpus`` GPUs, on the cluster at ``address`` (or the instance this session already started).
+    ``engine="ray"`` is ``--engine ray``: each run a Ray task reserving ``ray_cpus`` CPUs (default 1)
+    and ``ray_gpus`` GPUs (default 0), on the cluster at ``address`` (or the instance this session
+    already started).
     """
     from .sweep import run_sweep
 
@@ -174,15 +176,14 @@ def train_sweep(config: str, *, grid: Mapping[str, Sequence[Any]], out: str | No
         raise ConfigError("train_sweep: give at least one grid key, e.g. grid={'method': ['stl', 'aft']}")
     if jobs < 1:
         raise ConfigError("jobs: must be >= 1")
-    check_engine(engine, {"address": address, "ray_cpus": ray_cpus, "ray_gpus": ray_gpus},
-                 {"address": None, "ray_cpus": 1, "ray_gpus": 0})
+    check_engine(engine, {"address": address, "ray_cpus": ray_cpus, "ray_gpus": ray_gpus})
     on_ray = None
     if engine == "ray":
         if jobs > 1:
             raise ConfigError("jobs: engine='ray' places the runs itself; leave jobs at 1")
         from .sweep_ray import ray_engine
 
-        on_ray = ray_engine(address, ray_cpus, ray_gpus)
+        on_ray = ray_engine(address, 1 if ray_cpus is None else ray_cpus, ray_gpus or 0)
     lines = []
     for key, values in grid.items():
         values = [values] if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) else values

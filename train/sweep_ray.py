@@ -50,5 +50,5 @@ def ray_results(todo: Sequence[PlannedRun], address: str | None = None, cpus: in
 def ray_engine(address: str | None = None, cpus: int = 1, gpus: float = 0) -> Engine:
     """A sweep's runs as Ray tasks (``--engine ray``), its options checked now, before any run."""
     if cpus < 1 or gpus < 0:
-        raise UsageError("--ray-cpus must be >= 1 and --ray-gpus >= 0")
+        raise UsageError("--ray-cpus (ray_cpus) must be >= 1 and --ray-gpus (ray_gpus) >= 0")
     return partial(ray_results, address=address, cpus=cpus, gpus=gpus)
