@@ -21,15 +21,38 @@ def _worker(cfg, share, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def test_three_workers_started_together_equal_one_process(reference_store, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_three_workers_at_once_one_killed_mid_partition_and_rerun(where, reference_store, request, tmp_path):
+    """Started together (the first to win the lock prepares; on S3 worker 0), worker 2 SIGKILLed
+    inside its second partition, the others finishing, then worker 2 rerun: the one-process store."""
     images, ckpt, ref = reference_store
-    store = str(tmp_path / "three.zarr")
-    cfg = partitioned_config(tmp_path, images, ckpt, store)
-    procs = [_worker(cfg, f"{i}/3") for i in range(3)]
-    logs = [finish(p, 600) for p in procs]
+    kw, opts = {}, {}
+    if where == "s3":
+        pytest.importorskip("s3fs")
+        s3 = request.getfixturevalue("s3")
+        opts = {"endpoint_url": s3["endpoint"]}
+        store, kw = f"s3://{BUCKET}/workers/three.zarr", {"storage": opts}
+    else:
+        store = str(tmp_path / "three.zarr")
+    cfg = partitioned_config(tmp_path, images, ckpt, store, **kw)
+    held = tmp_path / "hold"
+    held.mkdir()
+    procs = [_worker(cfg, f"{i}/3", env=one_thread_env(**({HOLD_ENV: f"5:{held}"} if i == 2 else {})))
+             for i in range(3)]
+    deadline = time.time() + 300
+    while not (held / "held").exists() and procs[2].poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (held / "held").exists(), procs[2].communicate()[1][-3000:]
+    procs[2].send_signal(signal.SIGKILL)  # inside partition 5; its partition 2 is written
+    procs[2].wait()
+    logs = [finish(p, 600) for p in procs[:2]]
     assert sum("waiting for another worker to prepare" in log for log in logs) <= 2
-    assert not os.path.exists(store + ".prepare.lock") and os.path.exists(store + ".prepared")
-    assert_same_store(ref, store)
+    cache = FeatureCache.open(store, storage_options=opts) if opts else FeatureCache.open(store)
+    assert set(cache.index.done()) == {0, 1, 2, 3, 4} and not cache.is_complete
+    finish(_worker(cfg, "2/3"), 600)  # the killed share, rerun
+    if where == "local":
+        assert not os.path.exists(store + ".prepare.lock") and os.path.exists(store + ".prepared")
+    assert_same_store(ref, store, **({"storage_options": opts} if opts else {}))
 
 
 def test_shares_in_any_order_and_a_killed_worker_rerun(reference_store, tmp_path):
