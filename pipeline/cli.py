@@ -53,8 +53,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="only create (or check) the store, its teachers and the source's index, for "
                             "--worker processes to start on; without it the first worker does this")
         p.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local: this process (default); ray: prepare here, then a pool of Ray actors "
-                            "(pip install 'featcache[ray]') extracts the partitions, a lost one rerun by Ray")
+                       help="local: this process (default); ray: a pool of Ray actors (pip install 'featcache[ray]'), "
+                            "the first up preparing the store, extracts the partitions, a lost one rerun by Ray")
         add_ray_address_flag(p)
         p.add_argument("--ray-workers", type=int, default=0, metavar="K",
                        help="with --engine ray: K actors (default one per GPU, else one per 4 CPUs)")

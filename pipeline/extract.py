@@ -31,7 +31,7 @@ from .config import ExtractConfig, backend_of
 from .outcome import ExtractError, Summary, invalid_log_path, stop_over_budget, write_invalid_log
 from .prepare import MAIN_RANK_WAIT, open_on_main, open_on_other_rank, report_other_ranks
 from .teachers import Teacher
-from .workers import clear_prepared, hold_if_asked, mark_prepared, prepare_once
+from .workers import clear_prepared, hold_if_asked, mark_prepared, partitions_to_do, prepare_once
 
 
 # -- one partition ------------------------------------------------------------------------
@@ -169,15 +169,8 @@ def _run(cfg: ExtractConfig, add_teacher: bool, dist_: Dist, log, worker: tuple[
             source, teachers = open_on_other_rank(cfg, dist_)
         report_other_ranks(source, dist_, log)
     cache = FeatureCache.open(cfg.output.store, mode="r+", backend=backend_of(cfg))
-    # only this run's parts: another process may be adding its own teacher to the store right now;
-    # markers read once: during the run each partition has one writer, this process
-    ours = [cache.index.key, *(cache.teacher(t.name).key for t in teachers)]
-    done = cache.trusted_done(ours)
-    todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
+    done, todo = partitions_to_do(cache, [t.name for t in teachers], log)
     mine = [p for p in todo if p % shares == share]  # by partition id: the same share on every rerun
-    skipped = cache.num_partitions - len(todo)
-    if skipped:
-        log(f"resuming: {skipped} of {cache.num_partitions} partitions already done")
     rows_mine = sum(cache.partition_range(p)[1] - cache.partition_range(p)[0] for p in mine)
     # a rerun of a run that stopped over budget stops the same way: the rows it found are marked done
     invalid_so_far = cache.invalid_rows()

@@ -31,7 +31,7 @@ from featcache.plumbing.ray_cluster import RETRIES, cluster_counts, connected
 
 from .config import ExtractConfig, backend_of
 from .outcome import Summary, invalid_log_path, stop_over_budget, write_invalid_log
-from .workers import HOLD_ENV
+from .workers import HOLD_ENV, partitions_to_do
 
 if TYPE_CHECKING:
     from featcache.rawdata import Source
@@ -147,12 +147,7 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
             for line in _get(ray, preparer.prepare.remote(add_teacher)):
                 log(line)
             with FeatureCache.open(cfg.output.store, backend=backend_of(cfg)) as cache:
-                ours = [cache.index.key, *(cache.teacher(t.name).key for t in cfg.teachers)]
-                done = cache.trusted_done(ours)
-                todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
-                if cache.num_partitions > len(todo):
-                    log(f"resuming: {cache.num_partitions - len(todo)} of {cache.num_partitions} partitions "
-                        "already done")
+                done, todo = partitions_to_do(cache, [t.name for t in cfg.teachers], log)
                 invalid, limit = cache.invalid_rows(), cfg.max_invalid_fraction * cache.rows
                 stop_over_budget(cfg, cache, invalid, cache.rows)
             others = [a for a in actors if a is not preparer]
@@ -162,7 +157,7 @@ def run_extract_ray(cfg: ExtractConfig, *, add_teacher: bool = False, address: s
             log(f"ray: {len(used) if todo else 0} actors ({pool.cpus} CPU" + (f", {pool.gpus} GPU" if pool.gpus else "")
                 + f" each) for {len(todo)} partitions")
             t0 = time.time()
-            work = Work(todo, {part: done[part] for part in ours}, invalid, limit)
+            work = Work(todo, done, invalid, limit)
             rows_done, invalid = _run_pool(ray, used, work)
             seconds = time.time() - t0
             _close(ray, used)  # their stores closed before the driver reopens it (HDF5: one writer)

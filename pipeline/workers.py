@@ -15,8 +15,9 @@ import json
 import os
 import socket
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
+from featcache.cache_tools import FeatureCache
 from featcache.plumbing import atomic, storage
 from featcache.plumbing.cli import parse_worker  # noqa: F401 - pipeline.cli's and the tests' name for it
 from featcache.plumbing.errors import UsageError
@@ -37,6 +38,18 @@ def hold_if_asked(p: int) -> None:
     if int(part) == p and not os.path.exists(marker):
         atomic.write_text(marker, str(os.getpid()))
         time.sleep(HOLD_S)
+
+
+def partitions_to_do(cache: FeatureCache, teachers: Sequence[str], log) -> tuple[dict[str, set[int]], list[int]]:
+    """This run's parts' done markers and the partitions any of them lacks; says how many were done.
+    Only this run's parts: another process may be adding its own teacher to the store right now.
+    Read once: during a run each partition has one writer."""
+    ours = [cache.index.key, *(cache.teacher(name).key for name in teachers)]
+    done = cache.trusted_done(ours)
+    todo = [p for p in range(cache.num_partitions) if any(p not in done[part] for part in ours)]
+    if cache.num_partitions > len(todo):
+        log(f"resuming: {cache.num_partitions - len(todo)} of {cache.num_partitions} partitions already done")
+    return done, todo
 
 
 def ready_path(store: str) -> str:
